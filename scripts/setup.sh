@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install everything the project needs on a fresh Debian machine, idempotently:
+#   Debian packages (Docker engine, debootstrap; PostgreSQL with --postgres),
+#   a virtual environment in .venv with the pinned CPU torch and the project (editable, dev extras),
+#   a running Docker daemon, and the sandbox image.
+# Usage: scripts/setup.sh [--postgres] [--no-docker]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+WITH_PG=0; WITH_DOCKER=1
+for arg in "$@"; do
+  case "$arg" in
+    --postgres) WITH_PG=1 ;;
+    --no-docker) WITH_DOCKER=0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+
+# --- Debian packages -----------------------------------------------------------------------------
+pkgs=()
+if [ "$WITH_DOCKER" = 1 ]; then
+  command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
+  command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
+fi
+if [ "$WITH_PG" = 1 ] && ! command -v pg_ctlcluster >/dev/null 2>&1; then pkgs+=(postgresql); fi
+if [ "${#pkgs[@]}" -gt 0 ]; then
+  log "installing Debian packages: ${pkgs[*]}"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${pkgs[@]}" >/dev/null
+fi
+
+# --- Python environment --------------------------------------------------------------------------
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  log "installing Python packages (torch 2.13.0 CPU build first, so nothing pulls a CUDA build)"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q torch==2.13.0
+  .venv/bin/pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+# --- Docker engine and sandbox image -------------------------------------------------------------
+if [ "$WITH_DOCKER" = 1 ]; then
+  if ! docker info >/dev/null 2>&1; then
+    log "starting dockerd (log: /var/log/selfinstruct-dockerd.log)"
+    nohup $SUDO dockerd >/var/log/selfinstruct-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { echo "setup.sh: dockerd did not start; see /var/log/selfinstruct-dockerd.log" >&2; exit 1; }
+  fi
+  log "sandbox image"
+  .venv/bin/selfinstruct sandbox build
+fi
+
+# --- PostgreSQL ----------------------------------------------------------------------------------
+if [ "$WITH_PG" = 1 ]; then
+  ver="$(ls /etc/postgresql 2>/dev/null | sort -n | tail -n1)"
+  [ -n "$ver" ] || { echo "setup.sh: no PostgreSQL cluster found under /etc/postgresql" >&2; exit 1; }
+  $SUDO pg_ctlcluster "$ver" main start 2>/dev/null || true
+  for _ in $(seq 1 30); do as_postgres psql -qAtc 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+  as_postgres psql -qAtc "select 1 from pg_roles where rolname='selfinstruct'" | grep -q 1 \
+    || as_postgres psql -qc "create role selfinstruct login superuser password 'selfinstruct'"
+  as_postgres psql -qAtc "select 1 from pg_database where datname='selfinstruct_test'" | grep -q 1 \
+    || as_postgres createdb -O selfinstruct selfinstruct_test
+  log "PostgreSQL $ver running (postgresql://selfinstruct:selfinstruct@127.0.0.1:5432/selfinstruct_test)"
+fi
+log "ready"

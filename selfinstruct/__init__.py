@@ -1,0 +1,1 @@
+"""The `selfinstruct` console script and what every package shares (user-facing errors)."""

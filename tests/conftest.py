@@ -1,0 +1,52 @@
+"""Shared test plumbing: services (Docker, PostgreSQL) and how their absence is handled.
+
+Locally a missing service skips its tests; under scripts/test.sh (SELFINSTRUCT_REQUIRE_SERVICES=1,
+which CI uses) it fails them, so a CI run can never go green by skipping the real thing.
+Package-specific fixtures live in tests/<package>/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("SELFINSTRUCT_REQUIRE_SERVICES") == "1"
+
+
+def missing_service(reason: str) -> None:
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker-py client for a daemon that answers (tests marked `docker`)."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon"
+        missing_service(f"no Docker daemon ({exc.__class__.__name__}); run scripts/setup.sh")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of a real PostgreSQL test database (tests marked `postgres`)."""
+    url = os.environ.get("SELFINSTRUCT_TEST_PG_URL")
+    if not url:
+        missing_service("SELFINSTRUCT_TEST_PG_URL is not set; scripts/test.sh starts PostgreSQL and sets it")
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001
+        missing_service(f"PostgreSQL at {url} does not answer: {exc}")
+    return url
