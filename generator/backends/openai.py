@@ -1,0 +1,255 @@
+"""Any OpenAI-compatible completions server (vLLM's own server, llama.cpp, TGI, a hosted API).
+
+One HTTP request per `GenerationRequest` (`n` samples in one call), at most `concurrency` in flight,
+each retried with exponential backoff and jitter on 429, 5xx, network errors, timeouts and answers
+that are not a completions response. A 4xx other than 429 (a wrong model name: 404; a bad key: 401)
+is not retried. After the retries the whole `generate` call fails with one `BackendError` line.
+
+Token accounting. Servers report `usage` per request, not per choice. Each completion gets a share
+such that the shares of one request's `n` completions add up exactly to the server's numbers:
+`prompt_tokens` splits evenly (the prompt was processed once for all samples), `completion_tokens`
+gives each choice that stopped for `length` exactly `max_tokens` and splits the rest over the other
+choices in proportion to their text length. With n = 1 both are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from generator.backends.base import BackendError, Completion, FinishReason, GenerationRequest
+from generator.backends.config import OpenAIBackendConfig
+
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_LENGTH_REASONS = frozenset({"length", "max_tokens", "max_length"})
+
+
+class _Retryable(Exception):
+    """A failure worth another try; the message is what the final error line says."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def request_body(model: str, request: GenerationRequest, n: int | None = None) -> dict[str, Any]:
+    """The JSON body of `POST /completions` for one request (`n` overrides the request's, for top-ups)."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": request.prompt,
+        "n": request.n if n is None else n,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "max_tokens": request.max_tokens,
+    }
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.seed is not None:
+        body["seed"] = request.seed
+    return body
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` as `parts` integers that differ by at most one and add up to `total`."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def split_completion_tokens(total: int, texts: Sequence[str], reasons: Sequence[FinishReason], max_tokens: int) -> list[int]:
+    """Per-choice completion token counts that add up to the server's per-request `total`."""
+    counts = [max_tokens if r == "length" else 0 for r in reasons]
+    rest_idx = [i for i, r in enumerate(reasons) if r != "length"]
+    rest = max(total - sum(counts), 0)
+    if not rest_idx:
+        return counts
+    weights = [len(texts[i]) for i in rest_idx]
+    if sum(weights) == 0:
+        shares = split_evenly(rest, len(rest_idx))
+    else:
+        exact = [rest * w / sum(weights) for w in weights]
+        shares = [int(x) for x in exact]
+        # largest remainders first, so the shares add up to `rest` exactly
+        for i in sorted(range(len(exact)), key=lambda k: exact[k] - shares[k], reverse=True)[: rest - sum(shares)]:
+            shares[i] += 1
+    for i, share in zip(rest_idx, shares):
+        counts[i] = share
+    return counts
+
+
+def finish_reason(raw: object) -> FinishReason:
+    """Servers spell it differently (TGI: eos_token, stop_sequence); all that is not a length cut is a stop."""
+    return "length" if isinstance(raw, str) and raw.lower() in _LENGTH_REASONS else "stop"
+
+
+def parse_response(payload: object, expected_n: int) -> tuple[list[tuple[str, FinishReason]], int, int]:
+    """(text, finish reason) per choice in index order, plus usage (prompt, completion tokens).
+
+    Raises `_Retryable` when the payload is not a completions response. Missing usage counts as 0.
+    """
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        raise _Retryable(f"answer is not a completions response (no 'choices' list): {_excerpt(payload)}")
+    choices = payload["choices"]
+    if not choices or len(choices) > expected_n:
+        raise _Retryable(f"answer has {len(choices)} choices for n={expected_n}")
+    parsed: dict[int, tuple[str, FinishReason]] = {}
+    for position, choice in enumerate(choices):
+        if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
+            raise _Retryable(f"answer has a choice without a 'text' string: {_excerpt(choice)}")
+        index = choice.get("index", position)
+        if not isinstance(index, int) or index in parsed:
+            raise _Retryable(f"answer has a bad or repeated choice index: {_excerpt(choice)}")
+        parsed[index] = (choice["text"], finish_reason(choice.get("finish_reason")))
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    prompt_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else 0
+    completion_tokens = usage.get("completion_tokens") if isinstance(usage.get("completion_tokens"), int) else 0
+    return [parsed[i] for i in sorted(parsed)], prompt_tokens, completion_tokens
+
+
+def _excerpt(value: object, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The server's own error text (OpenAI: {"error": {"message": ...}}; others: {"detail"|"message"})."""
+    try:
+        body = response.json()
+    except ValueError:
+        return _excerpt(response.text) or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            for key in ("message", "detail", "error"):
+                if isinstance(err.get(key), str):
+                    return _excerpt(err[key], 200)
+        if isinstance(err, str):
+            return _excerpt(err, 200)
+    return _excerpt(body)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(float(value), 0.0) if value is not None else None
+    except ValueError:
+        return None
+
+
+class OpenAIBackend:
+    """`Backend` over `POST {base_url}/completions`; thread-safe, one connection pool per instance."""
+
+    def __init__(self, cfg: OpenAIBackendConfig) -> None:
+        self.cfg = cfg
+        self.model_name = cfg.model
+        self.url = cfg.base_url.rstrip("/") + "/completions"
+        headers = {"Content-Type": "application/json"}
+        api_key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=httpx.Timeout(cfg.timeout_s),
+            limits=httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="openai-backend")
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        failed = threading.Event()  # per call: concurrent calls from other threads are independent
+        futures = [self._pool.submit(self._complete, r, failed) for r in requests]
+        results: list[list[Completion]] = []
+        try:
+            for future in futures:
+                results.append(future.result())
+        except BaseException:
+            failed.set()  # queued requests give up instead of running after the call failed
+            for future in futures:
+                future.cancel()
+            raise
+        return results
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # one request: n samples, topped up when a server returns fewer choices than asked for
+
+    def _complete(self, request: GenerationRequest, failed: threading.Event) -> list[Completion]:
+        completions: list[Completion] = []
+        while len(completions) < request.n:
+            if failed.is_set():
+                raise BackendError("cancelled: another request of the same call failed")
+            missing = request.n - len(completions)
+            # a top-up continues the seed sequence (sample i uses seed + i, as vLLM does for n > 1)
+            part = request if not completions else request.model_copy(
+                update={"seed": None if request.seed is None else request.seed + len(completions)}
+            )
+            completions += self._post(part, missing, failed)
+        return completions
+
+    def _post(self, request: GenerationRequest, n: int, failed: threading.Event) -> list[Completion]:
+        body = request_body(self.model_name, request, n)
+        attempts = self.cfg.max_retries + 1
+        for attempt in range(attempts):
+            started = time.perf_counter()
+            try:
+                payload = self._send(body)
+                choices, prompt_tokens, completion_tokens = parse_response(payload, n)
+            except _Retryable as exc:
+                if attempt + 1 == attempts or failed.is_set():
+                    raise BackendError(
+                        f"{self.url} (model {self.model_name!r}) failed after {attempts} tries: {exc}"
+                    ) from None
+                time.sleep(self._delay(attempt, exc.retry_after_s))
+                continue
+            latency = time.perf_counter() - started
+            texts = [text for text, _ in choices]
+            reasons = [reason for _, reason in choices]
+            prompt_shares = split_evenly(prompt_tokens, len(choices))
+            completion_shares = split_completion_tokens(completion_tokens, texts, reasons, request.max_tokens)
+            return [
+                Completion(text=text, finish_reason=reason, prompt_tokens=p, completion_tokens=c, latency_s=latency)
+                for text, reason, p, c in zip(texts, reasons, prompt_shares, completion_shares)
+            ]
+        raise AssertionError("unreachable")
+
+    def _send(self, body: dict[str, Any]) -> object:
+        try:
+            response = self._client.post(self.url, json=body)
+        except httpx.TimeoutException:
+            raise _Retryable(f"no answer within {self.cfg.timeout_s:g} s") from None
+        except httpx.TransportError as exc:
+            raise _Retryable(f"cannot reach the server ({exc.__class__.__name__}: {exc})") from None
+        if response.status_code in _RETRYABLE_STATUS:
+            raise _Retryable(f"HTTP {response.status_code}: {_error_message(response)}", _retry_after(response))
+        if response.status_code >= 400:
+            hint = " (is the model name right?)" if response.status_code == 404 else ""
+            raise BackendError(
+                f"{self.url} rejected the request for model {self.model_name!r}: "
+                f"HTTP {response.status_code}: {_error_message(response)}{hint}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise _Retryable(f"answer is not JSON: {_excerpt(response.text)!r}") from None
+
+    def _delay(self, attempt: int, retry_after_s: float | None) -> float:
+        """Exponential backoff with full jitter; a server's Retry-After is honoured up to the cap."""
+        if retry_after_s is not None:
+            return min(retry_after_s, self.cfg.max_backoff_s)
+        ceiling = min(self.cfg.backoff_s * (2**attempt), self.cfg.max_backoff_s)
+        return random.uniform(ceiling / 2, ceiling)

@@ -1,0 +1,86 @@
+"""Connecting to Ray: the cluster a job was submitted to, a running one, or a fresh local one.
+
+`ensure_ray()` is what every entry point calls before it builds actor pools. It is idempotent, and
+the same code works in three places:
+- under `ray job submit` (RAY_ADDRESS is set for the entrypoint): it joins that cluster;
+- on a machine where `ray start --head` ran: it joins that cluster;
+- anywhere else: it starts a local Ray, registering the custom resource "docker" on the local node
+  when a Docker daemon answers, so sandbox actors (which require it) can be placed there.
+Cluster nodes that have Docker advertise the resource themselves:
+`ray start --address HEAD:6379 --resources='{"docker": 1}'`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from selfinstruct.errors import UserError
+
+DOCKER_RESOURCE = "docker"
+LOCAL_OBJECT_STORE_BYTES = 512 * 1024**2  # batches of prompts and code are small; leave shared memory to others
+
+log = logging.getLogger(__name__)
+
+
+def docker_daemon_answers() -> bool:
+    """True when a Docker daemon answers a ping (DOCKER_HOST or the default socket)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - any failure means "no daemon here"
+        return False
+
+
+def ensure_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    docker_slots: int | None = None,
+) -> None:
+    """Connect to Ray once per process.
+
+    `address`: a cluster address ("HOST:6379", "ray://HOST:10001", "auto"), or "local" to always
+    start a fresh local instance; None means RAY_ADDRESS, else a cluster running on this machine,
+    else a fresh local instance. The other arguments apply only when a local instance is started:
+    `docker_slots` is how many sandbox actors the local node may host (default 1 when a Docker
+    daemon answers, none otherwise).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    explicit = address or os.environ.get("RAY_ADDRESS")
+    if address != "local":
+        try:
+            ray.init(address=explicit or "auto", logging_level=logging.WARNING, log_to_driver=True)
+            log.info("joined the Ray cluster at %s", explicit or "auto")
+            return
+        except ConnectionError as exc:
+            if explicit:
+                raise UserError(f"cannot connect to the Ray cluster at {explicit!r}: {exc}") from None
+    if docker_slots is None:
+        docker_slots = 1 if docker_daemon_answers() else 0
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources={DOCKER_RESOURCE: docker_slots} if docker_slots else None,
+        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
+    log.info("started a local Ray (docker slots: %d)", docker_slots)
+
+
+def cluster_resource(name: str) -> float:
+    """The cluster's total of one resource ("GPU", "CPU", "docker"); 0 when no node has it."""
+    import ray
+
+    return float(ray.cluster_resources().get(name, 0.0))
