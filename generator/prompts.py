@@ -1,0 +1,93 @@
+"""The three prompts of the Code Llama self-instruct recipe, verbatim, and the functions that fill them.
+
+Source: Rozière et al., "Code Llama: Open Foundation Models for Code", arXiv 2308.12950 (v3),
+section 2.5 and Appendix H, Figures 10 (problems, asked of Llama 2 70B chat), 11 (unit tests, asked of
+Code Llama 7B Instruct, one-shot) and 12 (solutions, asked of Code Llama 7B Instruct, one-shot).
+
+The text is kept exactly as the paper prints it, line breaks included, and with its spelling
+("infere"). The paper's own placeholders `%%%question%%%` and `%%%test%%%` are filled by plain string
+replacement, so braces in a problem or test can never be mistaken for format fields. The prompts carry
+their `[INST]` tags themselves: backends send them as raw completion prompts (BOS is the backend's or the
+tokenizer's business), which is how the paper's one-shot examples put earlier answers in the context.
+"""
+
+from __future__ import annotations
+
+import re
+
+PAPER_SOURCE = "Code Llama (arXiv 2308.12950 v3), Appendix H, Figures 10-12"
+
+# Figure 10: Llama 2 70B writes the problems.
+PROBLEMS_PROMPT = """[INST] Write 50 programming interview questions of easy and medium complexity. Provide questions on a
+diverse range of subjects, and make sure no two questions are alike. Make sure the problems can be solved with a
+single standalone Python function using standard libraries. [/INST]"""
+
+# Figure 11: Code Llama 7B Instruct writes unit tests (one-shot; stop at [/TESTS]).
+TESTS_PROMPT = """[INST] Your task is to write 5 tests to check the correctness of a function that solves a programming
+problem.
+The tests must be between [TESTS] and [/TESTS] tags.
+You must write the comment "#Test case n:" on a separate line directly above each assert statement,
+where n represents the test case number, starting from 1 and increasing by one for each subsequent
+test case.
+Problem: Write a Python function to get the unique elements of a list.
+[/INST]
+[TESTS]
+# Test case 1:
+assert get_unique_elements([]) == []
+# Test case 2:
+assert get_unique_elements([1]) == [1]
+# Test case 3:
+assert get_unique_elements([1, 2, 3, 2, 1]) == [1, 2, 3]
+[/TESTS]
+[INST] Problem: %%%question%%%
+[/INST]"""
+
+# Figure 12: Code Llama 7B Instruct writes solutions, shown ONE test (one-shot; stop at [/PYTHON]).
+SOLUTIONS_PROMPT = """[INST] Your task is to write a Python function to solve a programming problem.
+The Python code must be between [PYTHON] and [/PYTHON] tags.
+You are given one example test from which you can infere the function signature.
+Problem: Write a Python function to get the unique elements of a list.
+Test: assert get_unique_elements([1, 2, 3, 2, 1]) == [1, 2, 3]
+[/INST]
+[PYTHON]
+def get_unique_elements(my_list):
+    return list(set(my_list))
+[/PYTHON]
+[INST] Problem: %%%question%%%
+Test: %%%test%%%
+[/INST]"""
+
+TESTS_OPEN, TESTS_CLOSE = "[TESTS]", "[/TESTS]"
+PYTHON_OPEN, PYTHON_CLOSE = "[PYTHON]", "[/PYTHON]"
+
+# Stop strings per stage. Problems end at EOS; tests and solutions at their closing tag.
+TESTS_STOP = [TESTS_CLOSE]
+SOLUTIONS_STOP = [PYTHON_CLOSE]
+
+
+_PLACEHOLDER = re.compile(r"%%%(question|test)%%%")
+
+
+def _fill(template: str, **values: str) -> str:
+    """Replace the paper's placeholders in one pass, so filled text is never scanned again."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def problems_prompt(per_call: int = 50) -> str:
+    """Figure 10's prompt; `per_call` other than the paper's 50 changes only that number."""
+    if per_call < 1:
+        raise ValueError(f"per_call must be >= 1, got {per_call}")
+    return PROBLEMS_PROMPT.replace("Write 50 ", f"Write {per_call} ", 1)
+
+
+def tests_prompt(problem: str, count: int = 5) -> str:
+    """Figure 11's prompt for `problem`; `count` other than the paper's 5 changes only that number."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    prompt = TESTS_PROMPT.replace("write 5 tests", f"write {count} tests", 1)
+    return _fill(prompt, question=problem.strip())
+
+
+def solutions_prompt(problem: str, shown_test: str) -> str:
+    """Figure 12's prompt for `problem`, showing the one test the solver may see."""
+    return _fill(SOLUTIONS_PROMPT, question=problem.strip(), test=shown_test.strip())
