@@ -1,0 +1,651 @@
+"""Stage queries: the database as the pipeline's work queue.
+
+Every stage follows the same loop: ask for pending work (`pending_*`), do it outside the database
+(LLM calls, sandbox runs), and record the whole batch in ONE transaction (`record_*`). Recording is
+idempotent: rows are inserted with ON CONFLICT DO NOTHING against the unique constraints
+(LLMCall identity, problem hash, test index, solution sample, one execution per solution, one
+triple per problem), and the children of a call are only written by the transaction that inserted
+the call. So a process killed at any moment and restarted, or two processes working on the same
+run, end with exactly the rows of one uninterrupted run: at worst some LLM work is done twice and
+its second result is dropped.
+
+All functions take an Engine and open their own transaction; batches are written with Core
+executemany (multi-row INSERTs), not the ORM unit of work, which is what makes them fast.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from db.engine import read_transaction, write_transaction
+from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
+from db.records import (
+    ExecutionJob,
+    LLMCallRecord,
+    NewProblem,
+    ProblemCallStats,
+    ProblemRow,
+    ProblemWithTests,
+    SelectionRule,
+    SolutionsOutcome,
+    TestRow,
+    TestsOutcome,
+    problem_key,
+)
+from db.upsert import insert_ignore
+from executor.jobs import Result
+from selfinstruct.errors import UserError
+
+runs_t: sa.Table = Run.__table__  # type: ignore[assignment]
+calls_t: sa.Table = LLMCall.__table__  # type: ignore[assignment]
+problems_t: sa.Table = Problem.__table__  # type: ignore[assignment]
+tests_t: sa.Table = Test.__table__  # type: ignore[assignment]
+solutions_t: sa.Table = Solution.__table__  # type: ignore[assignment]
+executions_t: sa.Table = Execution.__table__  # type: ignore[assignment]
+triples_t: sa.Table = Triple.__table__  # type: ignore[assignment]
+
+# Sandbox output is truncated by the sandbox already; this bounds what a misbehaving caller can store.
+MAX_STORED_OUTPUT_CHARS = 8192
+# Rows per executemany chunk where a query streams (selection); keeps memory flat on big runs.
+_CHUNK = 5000
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def start_run(
+    engine: Engine,
+    name: str,
+    config: dict[str, Any],
+    fingerprint: str,
+    code_version: str,
+    *,
+    allow_config_change: bool = False,
+) -> int:
+    """Create the run `name`, or resume it; returns its id.
+
+    Resuming under a different config fingerprint is refused (UserError) unless `allow_config_change`,
+    in which case the stored config and fingerprint are replaced by the new ones.
+    """
+    with write_transaction(engine) as conn:
+        insert_ignore(
+            conn,
+            runs_t,
+            [dict(name=name, config=config, config_fingerprint=fingerprint, code_version=code_version, status="running")],
+        )
+        row = conn.execute(
+            sa.select(runs_t.c.id, runs_t.c.config_fingerprint).where(runs_t.c.name == name)
+        ).one()
+        values: dict[str, Any] = dict(status="running", code_version=code_version, finished_at=None, updated_at=sa.func.now())
+        if row.config_fingerprint != fingerprint:
+            if not allow_config_change:
+                raise UserError(
+                    f"run {name!r} exists with config fingerprint {row.config_fingerprint[:12]}, this config's is "
+                    f"{fingerprint[:12]}: resume with the run's original config, pick a new run name, or allow the change"
+                )
+            values.update(config=config, config_fingerprint=fingerprint)
+        conn.execute(sa.update(runs_t).where(runs_t.c.id == row.id).values(**values))
+        return int(row.id)
+
+
+def finish_run(engine: Engine, run_id: int, status: str = "finished") -> None:
+    """Mark a run finished or failed (resuming it later sets it back to running)."""
+    if status not in ("finished", "failed", "running"):
+        raise ValueError(f"unknown run status {status!r}")
+    with write_transaction(engine) as conn:
+        finished_at = None if status == "running" else sa.func.now()
+        result = conn.execute(
+            sa.update(runs_t)
+            .where(runs_t.c.id == run_id)
+            .values(status=status, finished_at=finished_at, updated_at=sa.func.now())
+        )
+        if result.rowcount != 1:
+            raise ValueError(f"no run with id {run_id}")
+
+
+def run_names(engine: Engine) -> list[str]:
+    """All run names, oldest first."""
+    with read_transaction(engine) as conn:
+        return list(conn.scalars(sa.select(runs_t.c.name).order_by(runs_t.c.id)))
+
+
+def get_run_id(engine: Engine, name: str) -> int:
+    """The id of run `name`; a missing name is a UserError listing the runs that exist."""
+    with read_transaction(engine) as conn:
+        run_id = conn.scalar(sa.select(runs_t.c.id).where(runs_t.c.name == name))
+    if run_id is None:
+        names = run_names(engine)
+        known = ", ".join(names[-10:]) if names else "none"
+        raise UserError(f"no run named {name!r} in the database (runs: {known}); `selfinstruct db stats --db URL` lists them")
+    return int(run_id)
+
+
+def _call_row(run_id: int, stage: str, call: LLMCallRecord, *, item_key: str | None = None, sample_index: int | None = None) -> dict[str, Any]:
+    return dict(
+        run_id=run_id,
+        stage=stage,
+        item_key=call.item_key if item_key is None else item_key,
+        sample_index=call.sample_index if sample_index is None else sample_index,
+        model=call.model,
+        prompt=call.prompt,
+        completion=call.completion,
+        params=call.params,
+        seed=call.seed,
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        latency_s=call.latency_s,
+        finish_reason=call.finish_reason,
+        items_parsed=None,
+    )
+
+
+def _check_problems_in_run(conn: Connection, run_id: int, problem_ids: Iterable[int]) -> None:
+    ids = set(problem_ids)
+    if not ids:
+        return
+    found = set(conn.scalars(sa.select(problems_t.c.id).where(problems_t.c.run_id == run_id, problems_t.c.id.in_(ids))))
+    if found != ids:
+        raise ValueError(f"problems {sorted(ids - found)[:10]} are not problems of run {run_id}")
+
+
+# --- problems ------------------------------------------------------------------------------------
+
+
+def problem_calls_done(engine: Engine, run_id: int) -> set[str]:
+    """The item_keys of the problem-writing calls already recorded (skip them on resume)."""
+    with read_transaction(engine) as conn:
+        return set(
+            conn.scalars(sa.select(calls_t.c.item_key).where(calls_t.c.run_id == run_id, calls_t.c.stage == "problems"))
+        )
+
+
+def count_problems(engine: Engine, run_id: int, status: str | None = "accepted") -> int:
+    """Problems stored in the run with `status` (None: all of them)."""
+    stmt = sa.select(sa.func.count()).select_from(problems_t).where(problems_t.c.run_id == run_id)
+    if status is not None:
+        stmt = stmt.where(problems_t.c.status == status)
+    with read_transaction(engine) as conn:
+        return int(conn.scalar(stmt) or 0)
+
+
+def existing_problem_texts(engine: Engine, run_id: int, statuses: Sequence[str] = ("accepted",)) -> list[tuple[int, str]]:
+    """(id, text) of the run's problems with one of `statuses`, in insertion order: what a resumed run
+    loads into its near-duplicate index."""
+    with read_transaction(engine) as conn:
+        rows = conn.execute(
+            sa.select(problems_t.c.id, problems_t.c.text)
+            .where(problems_t.c.run_id == run_id, problems_t.c.status.in_(list(statuses)))
+            .order_by(problems_t.c.id)
+        )
+        return [(int(r.id), r.text) for r in rows]
+
+
+def record_problem_call(engine: Engine, run_id: int, call: LLMCallRecord, problems: Sequence[NewProblem]) -> ProblemCallStats:
+    """Record a problem-writing call and the questions parsed from it, in one transaction.
+
+    Exact duplicates (a norm_hash already in the run, or twice in `problems`) are dropped by the
+    unique constraint and counted on the call. Recording a call whose item_key is already recorded
+    writes nothing and reports `already_recorded`.
+    """
+    if not call.item_key:
+        raise ValueError("a problem-writing call needs an item_key (db.records.problem_call_key)")
+    with write_transaction(engine) as conn:
+        row = _call_row(run_id, "problems", call) | dict(items_parsed=len(problems))
+        inserted = insert_ignore(conn, calls_t, [row], returning=[calls_t.c.id])
+        if not inserted:
+            prev = conn.execute(
+                sa.select(calls_t.c.id, calls_t.c.items_parsed, calls_t.c.items_inserted, calls_t.c.items_duplicate).where(
+                    calls_t.c.run_id == run_id,
+                    calls_t.c.stage == "problems",
+                    calls_t.c.item_key == call.item_key,
+                    calls_t.c.sample_index == call.sample_index,
+                )
+            ).one()
+            return ProblemCallStats(
+                call_id=prev.id,
+                already_recorded=True,
+                parsed=prev.items_parsed or 0,
+                inserted=prev.items_inserted or 0,
+                duplicates=prev.items_duplicate or 0,
+            )
+        call_id = int(inserted[0].id)
+        problem_rows = [
+            dict(
+                run_id=run_id,
+                call_id=call_id,
+                text=p.text,
+                norm_hash=p.norm_hash,
+                status=p.status,
+                reason=p.reason,
+                tests_status="pending",
+                solutions_status="pending",
+            )
+            for p in problems
+        ]
+        n_inserted = len(insert_ignore(conn, problems_t, problem_rows, returning=[problems_t.c.id]))
+        duplicates = len(problems) - n_inserted
+        conn.execute(
+            sa.update(calls_t).where(calls_t.c.id == call_id).values(items_inserted=n_inserted, items_duplicate=duplicates)
+        )
+    return ProblemCallStats(
+        call_id=call_id, already_recorded=False, parsed=len(problems), inserted=n_inserted, duplicates=duplicates
+    )
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+def pending_tests(engine: Engine, run_id: int, limit: int) -> list[ProblemRow]:
+    """Up to `limit` accepted problems whose tests are still to be written, oldest first."""
+    with read_transaction(engine) as conn:
+        rows = conn.execute(
+            sa.select(problems_t.c.id, problems_t.c.text)
+            .where(problems_t.c.run_id == run_id, problems_t.c.status == "accepted", problems_t.c.tests_status == "pending")
+            .order_by(problems_t.c.id)
+            .limit(limit)
+        )
+        return [ProblemRow(id=r.id, text=r.text) for r in rows]
+
+
+_set_tests_status = (
+    sa.update(problems_t)
+    .where(problems_t.c.id == sa.bindparam("b_id"))
+    .values(tests_status=sa.bindparam("b_status"), tests_reason=sa.bindparam("b_reason"))
+)
+
+
+def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> int:
+    """Record the tests calls of a batch of problems (call rows, parsed asserts with the shown one,
+    or the failure reason) in one transaction. Returns how many problems this call recorded (items
+    already recorded by an earlier attempt are skipped)."""
+    if not items:
+        return 0
+    with write_transaction(engine) as conn:
+        _check_problems_in_run(conn, run_id, (it.problem_id for it in items))
+        call_rows = [_call_row(run_id, "tests", it.call, item_key=problem_key(it.problem_id), sample_index=0) for it in items]
+        inserted = insert_ignore(conn, calls_t, call_rows, returning=[calls_t.c.id, calls_t.c.item_key])
+        new_keys = {r.item_key for r in inserted}
+        fresh = [it for it in items if problem_key(it.problem_id) in new_keys]
+        test_rows = [
+            dict(problem_id=it.problem_id, index=i, code=code, shown=(i == it.shown_index))
+            for it in fresh
+            if it.failure is None
+            for i, code in enumerate(it.tests)
+        ]
+        insert_ignore(conn, tests_t, test_rows)
+        if fresh:
+            conn.execute(
+                _set_tests_status,
+                [
+                    dict(b_id=it.problem_id, b_status="done" if it.failure is None else "failed", b_reason=it.failure)
+                    for it in fresh
+                ],
+            )
+    return len(fresh)
+
+
+# --- solutions -----------------------------------------------------------------------------------
+
+
+def pending_solutions(engine: Engine, run_id: int, limit: int) -> list[ProblemWithTests]:
+    """Up to `limit` problems with tests and no solutions yet, each with all its tests and the shown one."""
+    with read_transaction(engine) as conn:
+        problems = conn.execute(
+            sa.select(problems_t.c.id, problems_t.c.text)
+            .where(
+                problems_t.c.run_id == run_id,
+                problems_t.c.status == "accepted",
+                problems_t.c.tests_status == "done",
+                problems_t.c.solutions_status == "pending",
+            )
+            .order_by(problems_t.c.id)
+            .limit(limit)
+        ).all()
+        tests_by_problem: dict[int, list[TestRow]] = defaultdict(list)
+        if problems:
+            test_rows = conn.execute(
+                sa.select(tests_t.c.problem_id, tests_t.c.id, tests_t.c.index, tests_t.c.code, tests_t.c.shown)
+                .where(tests_t.c.problem_id.in_([p.id for p in problems]))
+                .order_by(tests_t.c.problem_id, tests_t.c.index)
+            )
+            for t in test_rows:
+                tests_by_problem[t.problem_id].append(TestRow(id=t.id, index=t.index, code=t.code, shown=t.shown))
+    out = []
+    for p in problems:
+        tests = tests_by_problem.get(p.id, [])
+        shown = next((t for t in tests if t.shown), None)
+        if shown is not None:
+            out.append(ProblemWithTests(id=p.id, text=p.text, tests=tests, shown_test=shown))
+    return out
+
+
+_set_solutions_status = (
+    sa.update(problems_t)
+    .where(problems_t.c.id == sa.bindparam("b_id"))
+    .values(solutions_status=sa.bindparam("b_status"), solutions_reason=sa.bindparam("b_reason"))
+)
+
+
+def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutcome]) -> int:
+    """Record, per problem, its n solution calls and n Solution rows (sample_index = position in
+    `samples`, with each sample's parse status) in one transaction. Returns the number of problems
+    recorded now (those recorded by an earlier attempt are skipped)."""
+    if not items:
+        return 0
+    with write_transaction(engine) as conn:
+        _check_problems_in_run(conn, run_id, (it.problem_id for it in items))
+        call_rows = [
+            _call_row(run_id, "solutions", s.call, item_key=problem_key(it.problem_id), sample_index=i)
+            for it in items
+            for i, s in enumerate(it.samples)
+        ]
+        inserted = insert_ignore(
+            conn, calls_t, call_rows, returning=[calls_t.c.id, calls_t.c.item_key, calls_t.c.sample_index]
+        )
+        call_ids = {(r.item_key, r.sample_index): r.id for r in inserted}
+        solution_rows = []
+        fresh_ids: set[int] = set()
+        for it in items:
+            key = problem_key(it.problem_id)
+            for i, s in enumerate(it.samples):
+                call_id = call_ids.get((key, i))
+                if call_id is None:
+                    continue  # recorded by an earlier attempt
+                fresh_ids.add(it.problem_id)
+                solution_rows.append(
+                    dict(
+                        problem_id=it.problem_id,
+                        sample_index=i,
+                        call_id=call_id,
+                        code=s.code,
+                        parse_status=s.parse_status,
+                        parse_error=s.parse_error,
+                        shown_test_id=it.shown_test_id,
+                    )
+                )
+        insert_ignore(conn, solutions_t, solution_rows)
+        # Problems without samples (the stage failed for them) carry no call rows: their status
+        # update is idempotent by itself.
+        status_rows = [
+            dict(
+                b_id=it.problem_id,
+                b_status="failed" if it.failure is not None or not it.samples else "done",
+                b_reason=it.failure if it.failure is not None or it.samples else "no_samples",
+            )
+            for it in items
+            if it.problem_id in fresh_ids or not it.samples
+        ]
+        if status_rows:
+            conn.execute(_set_solutions_status, status_rows)
+    return len(status_rows)
+
+
+# --- executions ----------------------------------------------------------------------------------
+
+
+def _unexecuted_solutions(run_id: int) -> sa.Select:
+    return (
+        sa.select(solutions_t.c.id, solutions_t.c.problem_id, solutions_t.c.code)
+        .join(problems_t, problems_t.c.id == solutions_t.c.problem_id)
+        .where(
+            problems_t.c.run_id == run_id,
+            solutions_t.c.parse_status == "ok",
+            ~sa.exists().where(executions_t.c.solution_id == solutions_t.c.id),
+        )
+    )
+
+
+def pending_executions(engine: Engine, run_id: int, limit: int, *, after_solution_id: int = 0) -> list[ExecutionJob]:
+    """Up to `limit` parsed solutions without an execution, by solution id, with all their problem's
+    tests (hidden and shown). `after_solution_id` lets a caller that walks the queue in order skip
+    the part it has already handed out."""
+    with read_transaction(engine) as conn:
+        sols = conn.execute(
+            _unexecuted_solutions(run_id)
+            .where(solutions_t.c.id > after_solution_id)
+            .order_by(solutions_t.c.id)
+            .limit(limit)
+        ).all()
+        tests: dict[int, list[str]] = defaultdict(list)
+        if sols:
+            rows = conn.execute(
+                sa.select(tests_t.c.problem_id, tests_t.c.code)
+                .where(tests_t.c.problem_id.in_({s.problem_id for s in sols}))
+                .order_by(tests_t.c.problem_id, tests_t.c.index)
+            )
+            for r in rows:
+                tests[r.problem_id].append(r.code)
+    return [ExecutionJob(solution_id=s.id, problem_id=s.problem_id, code=s.code, tests=tests[s.problem_id]) for s in sols]
+
+
+def _truncate(text: str) -> str:
+    if len(text) <= MAX_STORED_OUTPUT_CHARS:
+        return text
+    return text[:MAX_STORED_OUTPUT_CHARS] + f"\n... [{len(text) - MAX_STORED_OUTPUT_CHARS} characters truncated]"
+
+
+def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> int:
+    """Record sandbox results (solution id, Result) in one transaction; returns how many were new.
+
+    `tests_total` is the number of tests of the problem (a run cut short by a timeout reports fewer
+    per-test results than that).
+    """
+    if not items:
+        return 0
+    with write_transaction(engine) as conn:
+        ids = [sid for sid, _ in items]
+        totals = dict(
+            conn.execute(
+                sa.select(solutions_t.c.id, sa.func.count(tests_t.c.id))
+                .join(tests_t, tests_t.c.problem_id == solutions_t.c.problem_id, isouter=True)
+                .where(solutions_t.c.id.in_(ids))
+                .group_by(solutions_t.c.id)
+            ).tuples().all()
+        )
+        missing = set(ids) - totals.keys()
+        if missing:
+            raise ValueError(f"no solutions with ids {sorted(missing)[:10]}")
+        rows = [
+            dict(
+                solution_id=sid,
+                outcome=res.outcome,
+                tests=[t.model_dump() for t in res.tests],
+                tests_passed=res.tests_passed,
+                tests_total=max(totals[sid], len(res.tests)),
+                duration_ms=res.duration_ms,
+                stdout=_truncate(res.stdout),
+                stderr=_truncate(res.stderr),
+                image_digest=res.image_digest,
+            )
+            for sid, res in items
+        ]
+        return len(insert_ignore(conn, executions_t, rows, returning=[executions_t.c.id]))
+
+
+# --- selection -----------------------------------------------------------------------------------
+
+
+def _choose(rule: SelectionRule, seed: int, problem_id: int, passing: list[tuple[int, int]]) -> int:
+    """The selected solution id among (sample_index, solution_id) pairs sorted by sample_index."""
+    if rule == "first":
+        return passing[0][1]
+    return random.Random(f"{seed}:{problem_id}").choice(passing)[1]
+
+
+def select_triples(engine: Engine, run_id: int, rule: SelectionRule = "first", seed: int = 0) -> int:
+    """Give one triple to each problem whose parsed solutions have all been executed and at least one
+    of which passed; returns the number of triples added now.
+
+    "first" keeps the passing solution with the lowest sample_index (the Code Llama rule); "random" a
+    passing one chosen deterministically from `seed` and the problem id (the StarCoder2-Instruct
+    rule). Problems that already have a triple keep it, so reruns add nothing.
+    """
+    if rule not in ("first", "random"):
+        raise ValueError(f"unknown selection rule {rule!r}")
+    s2 = solutions_t.alias("s2")
+    unexecuted_sibling = sa.exists().where(
+        s2.c.problem_id == problems_t.c.id,
+        s2.c.parse_status == "ok",
+        ~sa.exists().where(executions_t.c.solution_id == s2.c.id),
+    )
+    passed = (
+        sa.select(solutions_t.c.problem_id)
+        .join(executions_t, executions_t.c.solution_id == solutions_t.c.id)
+        .where(solutions_t.c.problem_id == problems_t.c.id, executions_t.c.outcome == "passed")
+        .exists()
+    )
+    eligible = (
+        sa.select(problems_t.c.id)
+        .where(
+            problems_t.c.run_id == run_id,
+            problems_t.c.solutions_status == "done",
+            ~sa.exists().where(triples_t.c.problem_id == problems_t.c.id),
+            passed,
+            ~unexecuted_sibling,
+        )
+        .order_by(problems_t.c.id)
+        .limit(_CHUNK)
+    )
+    added, last_id = 0, 0
+    with write_transaction(engine) as conn:
+        # Keyset pages of problems: memory stays flat, and the triples written for one page lie
+        # behind the next page's cursor.
+        while problem_ids := list(conn.scalars(eligible.where(problems_t.c.id > last_id))):
+            passing: dict[int, list[tuple[int, int]]] = defaultdict(list)
+            rows = conn.execute(
+                sa.select(solutions_t.c.problem_id, solutions_t.c.sample_index, solutions_t.c.id)
+                .join(executions_t, executions_t.c.solution_id == solutions_t.c.id)
+                .where(solutions_t.c.problem_id.in_(problem_ids), executions_t.c.outcome == "passed")
+                .order_by(solutions_t.c.problem_id, solutions_t.c.sample_index)
+            )
+            for problem_id, sample_index, solution_id in rows:
+                passing[problem_id].append((sample_index, solution_id))
+            chosen = [
+                dict(run_id=run_id, problem_id=pid, solution_id=_choose(rule, seed, pid, passing[pid]), selection_rule=rule)
+                for pid in problem_ids
+            ]
+            added += len(insert_ignore(conn, triples_t, chosen, returning=[triples_t.c.id]))
+            last_id = problem_ids[-1]
+    return added
+
+
+# --- the funnel ----------------------------------------------------------------------------------
+
+
+def _counts(conn: Connection, stmt: sa.Select) -> dict[str, int]:
+    return {str(k): int(v) for k, v in conn.execute(stmt).tuples() if k is not None}
+
+
+def funnel(engine: Engine, run_id: int) -> dict[str, Any]:
+    """Counts per stage for one run: what `selfinstruct db stats` and the run report print.
+
+    problems: calls, questions parsed, exact duplicates dropped, accepted / near-duplicate /
+    contaminated; tests: done / failed (by reason) / pending; solutions: samples by parse status;
+    executions: outcomes and pass rate; triples; tokens and latency per stage.
+    """
+    p, s, e, c = problems_t, solutions_t, executions_t, calls_t
+    run_problems = sa.select(p.c.id).where(p.c.run_id == run_id).scalar_subquery()
+    with read_transaction(engine) as conn:
+        run = conn.execute(sa.select(runs_t).where(runs_t.c.id == run_id)).one_or_none()
+        if run is None:
+            raise ValueError(f"no run with id {run_id}")
+        calls = conn.execute(
+            sa.select(
+                c.c.stage,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(c.c.prompt_tokens), 0),
+                sa.func.coalesce(sa.func.sum(c.c.completion_tokens), 0),
+                sa.func.coalesce(sa.func.sum(c.c.latency_s), 0.0),
+                sa.func.coalesce(sa.func.sum(c.c.items_parsed), 0),
+                sa.func.coalesce(sa.func.sum(c.c.items_duplicate), 0),
+            )
+            .where(c.c.run_id == run_id)
+            .group_by(c.c.stage)
+        ).all()
+        by_stage = {row[0]: row for row in calls}
+        status = _counts(conn, sa.select(p.c.status, sa.func.count()).where(p.c.run_id == run_id).group_by(p.c.status))
+        accepted = sa.and_(p.c.run_id == run_id, p.c.status == "accepted")
+        tests_status = _counts(conn, sa.select(p.c.tests_status, sa.func.count()).where(accepted).group_by(p.c.tests_status))
+        tests_failures = _counts(
+            conn,
+            sa.select(p.c.tests_reason, sa.func.count()).where(accepted, p.c.tests_status == "failed").group_by(p.c.tests_reason),
+        )
+        n_tests = conn.scalar(sa.select(sa.func.count()).select_from(tests_t).where(tests_t.c.problem_id.in_(run_problems)))
+        sol_status = _counts(
+            conn,
+            sa.select(p.c.solutions_status, sa.func.count())
+            .where(accepted, p.c.tests_status == "done")
+            .group_by(p.c.solutions_status),
+        )
+        parse = _counts(
+            conn, sa.select(s.c.parse_status, sa.func.count()).where(s.c.problem_id.in_(run_problems)).group_by(s.c.parse_status)
+        )
+        outcomes = _counts(
+            conn,
+            sa.select(e.c.outcome, sa.func.count())
+            .join(s, s.c.id == e.c.solution_id)
+            .where(s.c.problem_id.in_(run_problems))
+            .group_by(e.c.outcome),
+        )
+        problems_passing = conn.scalar(
+            sa.select(sa.func.count(sa.distinct(s.c.problem_id)))
+            .join(e, e.c.solution_id == s.c.id)
+            .where(s.c.problem_id.in_(run_problems), e.c.outcome == "passed")
+        )
+        triples = _counts(
+            conn,
+            sa.select(triples_t.c.selection_rule, sa.func.count())
+            .where(triples_t.c.run_id == run_id)
+            .group_by(triples_t.c.selection_rule),
+        )
+    executed = sum(outcomes.values())
+    problem_calls = by_stage.get("problems")
+    return {
+        "run": {"id": run.id, "name": run.name, "status": run.status, "code_version": run.code_version},
+        "problems": {
+            "calls": int(problem_calls[1]) if problem_calls else 0,
+            "parsed": int(problem_calls[5]) if problem_calls else 0,
+            "exact_duplicates": int(problem_calls[6]) if problem_calls else 0,
+            "stored": sum(status.values()),
+            "accepted": status.get("accepted", 0),
+            "near_duplicate": status.get("near_duplicate", 0),
+            "contaminated": status.get("contaminated", 0),
+        },
+        "tests": {
+            "pending": tests_status.get("pending", 0),
+            "done": tests_status.get("done", 0),
+            "failed": tests_status.get("failed", 0),
+            "failures": tests_failures,
+            "tests": int(n_tests or 0),
+        },
+        "solutions": {
+            "problems_pending": sol_status.get("pending", 0),
+            "problems_done": sol_status.get("done", 0),
+            "problems_failed": sol_status.get("failed", 0),
+            "samples": sum(parse.values()),
+            "parse": parse,
+        },
+        "executions": {
+            "executed": executed,
+            "pending": parse.get("ok", 0) - executed,
+            "outcomes": outcomes,
+            "pass_rate": outcomes.get("passed", 0) / executed if executed else 0.0,
+            "problems_with_pass": int(problems_passing or 0),
+        },
+        "triples": {"count": sum(triples.values()), "by_rule": triples},
+        "tokens": {
+            stage: {
+                "calls": int(row[1]),
+                "prompt_tokens": int(row[2]),
+                "completion_tokens": int(row[3]),
+                "latency_s": float(row[4]),
+            }
+            for stage, row in sorted(by_stage.items())
+        },
+    }
