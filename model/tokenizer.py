@@ -92,6 +92,13 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([i for i in ids if 0 <= i < self.vocab_size])
 
+    def decode_continuation(self, ids: Sequence[int]) -> str:
+        """Text of ids that continue earlier text: a leading "▁" stays a space (SentencePiece's `decode`
+        drops it, taking it for the dummy prefix). Generated completions and infilled middles use this, so
+        that prompt text + completion text is the text of prompt ids + completion ids."""
+        text = self.decode(list(self._sentinel_ids) + list(ids))
+        return text[len(_SENTINEL):] if text.startswith(_SENTINEL) else self.decode(ids)
+
     def id_to_piece(self, idx: int) -> str:
         return self.sp.id_to_piece(idx)
 
