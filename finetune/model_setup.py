@@ -1,0 +1,80 @@
+"""The model a run starts from: a checkpoint directory or a preset, with the Code Llama options applied.
+
+`--model DIR` reads a Meta or Hugging Face checkpoint (model/ loads either) and its tokenizer.model;
+`--model PRESET` starts from random weights and model/'s tiny in-process tokenizer (tests, smoke runs).
+Long-context fine-tuning changes `rope_theta` and `max_seq_len` (Code Llama: 1e4 -> 1e6, 16,384 tokens);
+both are plain fields because rotary angles are computed from positions on the fly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from finetune.config import ModelConfig
+from finetune.distributed import DistInfo, barrier
+from selfinstruct.errors import UserError
+
+
+@dataclass
+class StartingPoint:
+    args: "ModelArgs"  # noqa: F821 - model.args.ModelArgs
+    state: dict[str, torch.Tensor]
+    tokenizer_path: Path
+
+
+def resolve_checkpoint(source: str, out_dir: Path, seed: int, info: DistInfo) -> Path:
+    """A checkpoint directory for `source`: itself if it is one, else a fresh random one of that preset."""
+    from model.args import PRESETS
+
+    path = Path(source)
+    if path.exists():
+        return path
+    if source.lower() not in PRESETS:
+        raise UserError(f"--model {source!r} is neither a checkpoint directory nor a preset "
+                        f"({', '.join(sorted(PRESETS))})")
+    from model.init import init_checkpoint
+
+    target = out_dir / "init" / source.lower()
+    if info.is_main and not (target / "config.json").is_file():
+        init_checkpoint(source.lower(), target, seed=seed)
+    barrier(info)
+    return target
+
+
+def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: int, info: DistInfo) -> StartingPoint:
+    from model.checkpoint import TOKENIZER_FILE, load_state_dict
+
+    path = resolve_checkpoint(config.source, out_dir, seed, info)
+    args, state = load_state_dict(path)
+    tokenizer_path = path / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise UserError(f"{path}: no {TOKENIZER_FILE} next to the weights; copy the model's tokenizer there")
+    overrides: dict[str, float | int] = {}
+    if config.rope_theta is not None:
+        overrides["rope_theta"] = config.rope_theta
+    if config.max_seq_len is not None:
+        overrides["max_seq_len"] = config.max_seq_len
+    args = args.replace(**overrides) if overrides else args
+    if seq_len > args.max_seq_len:
+        raise UserError(f"data.seq_len={seq_len} is longer than the model's max_seq_len={args.max_seq_len}; "
+                        f"for long-context fine-tuning set model.max_seq_len (and model.rope_theta, e.g. 1e6)")
+    return StartingPoint(args, state, tokenizer_path)
+
+
+def build_model(start: StartingPoint, activation_checkpointing: bool) -> "Transformer":  # noqa: F821
+    """A float32 `Transformer` on CPU holding the starting weights (sharding and device come after)."""
+    from model.transformer import Transformer
+
+    with torch.device("meta"):
+        model = Transformer(start.args, activation_checkpointing=activation_checkpointing)
+    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in start.state.items()}, assign=True)
+    return model.train()
+
+
+def check_tokenizer(tokenizer, args) -> None:  # noqa: ANN001 - model.tokenizer.Tokenizer, model.args.ModelArgs
+    if tokenizer.vocab_size > args.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {args.vocab_size} "
+                        f"embeddings: the checkpoint does not match its tokenizer")
