@@ -19,7 +19,6 @@ import os
 import random
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,6 +26,7 @@ import httpx
 
 from generator.backends.base import BackendError, Completion, FinishReason, GenerationRequest
 from generator.backends.config import OpenAIBackendConfig
+from generator.backends.usage import split_completion_tokens, split_evenly
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _LENGTH_REASONS = frozenset({"length", "max_tokens", "max_length"})
@@ -55,33 +55,6 @@ def request_body(model: str, request: GenerationRequest, n: int | None = None) -
     if request.seed is not None:
         body["seed"] = request.seed
     return body
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """`total` as `parts` integers that differ by at most one and add up to `total`."""
-    base, extra = divmod(total, parts)
-    return [base + (1 if i < extra else 0) for i in range(parts)]
-
-
-def split_completion_tokens(total: int, texts: Sequence[str], reasons: Sequence[FinishReason], max_tokens: int) -> list[int]:
-    """Per-choice completion token counts that add up to the server's per-request `total`."""
-    counts = [max_tokens if r == "length" else 0 for r in reasons]
-    rest_idx = [i for i, r in enumerate(reasons) if r != "length"]
-    rest = max(total - sum(counts), 0)
-    if not rest_idx:
-        return counts
-    weights = [len(texts[i]) for i in rest_idx]
-    if sum(weights) == 0:
-        shares = split_evenly(rest, len(rest_idx))
-    else:
-        exact = [rest * w / sum(weights) for w in weights]
-        shares = [int(x) for x in exact]
-        # largest remainders first, so the shares add up to `rest` exactly
-        for i in sorted(range(len(exact)), key=lambda k: exact[k] - shares[k], reverse=True)[: rest - sum(shares)]:
-            shares[i] += 1
-    for i, share in zip(rest_idx, shares):
-        counts[i] = share
-    return counts
 
 
 def finish_reason(raw: object) -> FinishReason:

@@ -99,6 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         completion_tokens = 0
         for i in range(answered):
             text = state.text_fn(body["prompt"], i, body.get("seed"), max_tokens)
+            if len(text.split()) > max_tokens:  # a "token" is a word here
+                text = " " + " ".join(text.split()[:max_tokens])
             for stop in body.get("stop") or []:
                 if stop in text:
                     text = text[: text.index(stop)]
