@@ -62,7 +62,7 @@ class _Stage(_Section):
 
 class NearDupConfig(_Section):
     enabled: bool = False
-    threshold: float = Field(default=0.7, gt=0.0, le=1.0, description="estimated Jaccard similarity of word 3-grams")
+    threshold: float = Field(default=0.7, gt=0.0, lt=1.0, description="estimated Jaccard similarity of word 3-grams")
     num_perm: PositiveInt = 128
     shingle: PositiveInt = 3
 

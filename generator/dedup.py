@@ -41,8 +41,8 @@ class NearDeduplicator:
     """
 
     def __init__(self, threshold: float = 0.7, num_perm: int = 128, shingle: int = 3, seed: int = 1) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"near-duplicate threshold must be in (0, 1), got {threshold}")
         self.threshold = threshold
         self.shingle = shingle
         self._num_perm = num_perm
