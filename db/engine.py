@@ -273,10 +273,22 @@ def _older_message(engine: Engine, rev: str, head: str) -> str:
     )
 
 
-def database_exists_with_schema(engine: Engine) -> bool:
-    """True when the database has been migrated at least once (used by read-only commands)."""
+def require_schema(engine: Engine) -> None:
+    """For commands that only read: the database must exist at the schema this code expects."""
+    check_connection(engine)
     with read_transaction(engine) as conn:
-        return current_revision(conn) is not None
+        rev = current_revision(conn)
+    head = head_revision()
+    if rev == head:
+        return
+    if rev is None:
+        raise UserError(
+            f"the database {display_url(engine)} has no selfinstruct schema: "
+            f"run `selfinstruct db upgrade --db {display_url(engine)}` (or point --db at a pipeline database)"
+        )
+    if rev not in _known_revisions():
+        raise UserError(_newer_message(engine, rev))
+    raise UserError(_older_message(engine, rev, head))
 
 
 def env_url(default: str | None = None) -> str | None:
