@@ -72,7 +72,7 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    source: str = "tiny"  # a checkpoint directory (model/ layout) or a preset name (random init)
+    source: str | None = None  # a checkpoint directory (Meta or HF layout) or a preset name (random init)
     rope_theta: float | None = None  # long-context fine-tuning: e.g. 1e6 (Code Llama)
     max_seq_len: int | None = None  # defaults to data.seq_len when that is longer than the model's
     activation_checkpointing: bool = False
@@ -105,9 +105,13 @@ class TrainConfig(_Strict):
 
 
 class LaunchConfig(_Strict):
-    launcher: Literal["local", "torchrun", "ray"] = "local"
+    """How processes are started. "local" is one process, or every process of a `torchrun` launch (found
+    from its environment); "ray" starts `num_workers` Ray Train workers running the same training code."""
+
+    launcher: Literal["local", "ray"] = "local"
     num_workers: int = Field(default=2, gt=0)  # Ray Train workers
     use_gpu: bool = False  # Ray Train workers take one GPU each
+    ray_address: str | None = None  # None: RAY_ADDRESS, a cluster on this machine, else a local Ray; "local"
 
 
 class FinetuneConfig(_Strict):

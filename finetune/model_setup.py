@@ -47,6 +47,8 @@ def resolve_checkpoint(source: str, out_dir: Path, seed: int, info: DistInfo) ->
 def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: int, info: DistInfo) -> StartingPoint:
     from model.checkpoint import TOKENIZER_FILE, load_state_dict
 
+    if not config.source:
+        raise UserError("no model: pass --model CHECKPOINT_DIR (or a preset such as tiny) or set model.source")
     path = resolve_checkpoint(config.source, out_dir, seed, info)
     args, state = load_state_dict(path)
     tokenizer_path = path / TOKENIZER_FILE

@@ -132,12 +132,12 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     torch.manual_seed(tc.seed)
 
     # -- model and data ---------------------------------------------------------------------------
+    examples = read_exports(dc.paths, dc.format, dc.answer_format, dc.system)
     start = load_starting_point(config.model, dc.seq_len, out, tc.seed, info)
     from model.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(start.tokenizer_path)
     check_tokenizer(tokenizer, start.args)
-    examples = read_exports(dc.paths, dc.format, dc.answer_format, dc.system)
     train_examples, val_examples = split_validation(examples, dc.val_fraction)
     train_docs = tokenize_examples(tokenizer, train_examples, dc.seq_len)
     val_docs = tokenize_examples(tokenizer, val_examples, dc.seq_len)

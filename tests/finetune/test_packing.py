@@ -1,0 +1,90 @@
+"""Packing keeps documents apart (same loss as one per row); only answer tokens carry loss."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.data import TokenizedDoc, read_export, tokenize_examples
+from finetune.packing import IGNORE_INDEX, bucket_rows, collate, doc_targets, pack_rows
+from finetune.train import sequence_loss_sum
+from tests.finetune.conftest import instruct_rows, write_jsonl
+
+
+@pytest.fixture
+def docs(tokenizer, tmp_path):
+    return tokenize_examples(tokenizer, read_export(write_jsonl(tmp_path / "e.jsonl", instruct_rows(6))), 256)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint):
+    from model.checkpoint import load
+
+    return load(tiny_checkpoint)
+
+
+def test_targets_are_next_answer_tokens_only():
+    doc = TokenizedDoc(ids=[1, 10, 11, 12, 20, 21, 2], trained=[False, False, False, False, True, True, True])
+    assert doc_targets(doc) == [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 20, 21, 2, IGNORE_INDEX]
+    assert doc.n_trained == 3
+
+
+def test_pack_rows_fills_rows_without_overflow():
+    lengths = [random.Random(i).randint(5, 60) for i in range(200)]
+    rows = pack_rows(lengths, 128)
+    assert sorted(i for row in rows for i in row) == list(range(200))
+    assert all(sum(lengths[i] for i in row) <= 128 for row in rows)
+    assert sum(lengths) / (128 * len(rows)) > 0.9  # dense
+
+
+def test_bucket_rows_groups_similar_lengths():
+    lengths = [random.Random(i).randint(5, 500) for i in range(256)]
+    rows = bucket_rows(lengths, 8, random.Random(0))
+    assert sorted(r[0] for r in rows) == list(range(256))
+    padded = sum(max(lengths[r[0]] for r in rows[i:i + 8]) * 8 for i in range(0, 256, 8))
+    assert sum(lengths) / padded > 0.8
+
+
+def test_packed_batch_gives_the_same_loss_as_one_document_per_row(docs, tiny_model):
+    rows = pack_rows([len(d) for d in docs], 256)
+    assert any(len(r) > 1 for r in rows)
+    packed = collate(docs, rows, 256)
+    assert packed.doc_ids is not None and packed.positions is not None
+    unpacked = collate(docs, [[i] for i in range(len(docs))], None)
+    assert unpacked.doc_ids is None
+    assert packed.n_targets == unpacked.n_targets == sum(d.n_trained for d in docs)
+    null = contextlib.nullcontext()
+    packed_loss = sequence_loss_sum(tiny_model, packed, null) / packed.n_targets
+    unpacked_loss = sequence_loss_sum(tiny_model, unpacked, null) / unpacked.n_targets
+    assert packed_loss.item() == pytest.approx(unpacked_loss.item(), rel=1e-5)
+    # and both equal each document scored on its own
+    alone = sum(sequence_loss_sum(tiny_model, collate(docs, [[i]], None), null) for i in range(len(docs)))
+    assert (alone / packed.n_targets).item() == pytest.approx(packed_loss.item(), rel=1e-5)
+
+
+def test_no_loss_on_prompt_tokens(docs, tiny_model):
+    """The gradient of the loss reaches the logits of answer positions only."""
+    batch = collate(docs[:2], [[0, 1]], 256)
+    logits = tiny_model(batch.tokens, positions=batch.positions, doc_ids=batch.doc_ids).detach().requires_grad_()
+    F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").backward()
+    has_grad = logits.grad.abs().sum(-1)[0] > 0
+    expected = torch.zeros(256, dtype=torch.bool)
+    offset = 0
+    for doc in docs[:2]:
+        for t in range(len(doc) - 1):
+            expected[offset + t] = doc.trained[t + 1]  # position t predicts id t+1
+        offset += len(doc)
+    assert torch.equal(has_grad, expected)
+    # what carries loss is exactly the answer and its EOS
+    n_answer = sum(d.trained.count(True) for d in docs[:2])
+    assert int(expected.sum()) == n_answer
+
+
+def test_padding_never_uses_negative_ids(docs):
+    batch = collate(docs, [[0], [1, 2]], 256)
+    assert int(batch.tokens.min()) >= 0
+    assert batch.n_tokens == sum(len(d) for d in docs[:3])
