@@ -1,0 +1,200 @@
+"""One warm, hardened container and the runner process serving jobs inside it.
+
+The container's main process is `sleep infinity` under Docker's init (which reaps orphans); the runner
+is started with `docker exec` and talks over the exec's attached stdin/stdout. An exec gets its own
+pipes, so nothing a job can reach (not even PID 1's descriptors) leads into the protocol stream.
+
+The host keeps its own deadline on every job: when the runner does not answer in time, or its stream
+breaks, the container is killed and the job gets a verdict anyway; the pool then replaces the container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+
+import docker
+from docker.types import LogConfig
+
+from executor.config import CONTAINER_LABEL, RUNNER_HEADROOM_MB, SANDBOX_UID, SandboxConfig
+from executor.runner import bootstrap_source
+
+OWNER_LABEL = f"{CONTAINER_LABEL}.owner"
+STDOUT, STDERR = 1, 2
+RUNNER_ENV = {
+    "PYTHONHASHSEED": "0",  # the same set/dict iteration order in every container, run after run
+    "PYTHONIOENCODING": "utf-8:backslashreplace",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "LANG": "C.UTF-8",
+    "HOME": "/tmp",
+}
+START_TIMEOUT_S = 30.0
+
+
+class RunnerGone(Exception):
+    """The runner's stream ended or broke, or it did not answer before the host deadline."""
+
+    def __init__(self, message: str, *, deadline: bool = False, sent: bool = True) -> None:
+        super().__init__(message)
+        self.deadline = deadline
+        self.sent = sent  # False: the job never reached the runner (safe to retry elsewhere)
+
+
+def owner_label() -> str:
+    """`host:pid:start-time` of this process, so a later process can tell whether the owner still runs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start_time(os.getpid())}"
+
+
+def process_start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return "?"
+
+
+def owner_is_alive(label: str) -> bool:
+    """False when `label` names a process on this host that has exited (its containers are stale)."""
+    host, _, rest = label.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # another machine's sandbox: not ours to judge
+    pid = int(pid_text)
+    return os.path.exists(f"/proc/{pid}") and process_start_time(pid) == start
+
+
+def container_options(cfg: SandboxConfig) -> dict:
+    """The hardening flags, in docker-py's `containers.run` vocabulary."""
+    memory_mb = cfg.memory_mb + cfg.tmpfs_mb * 2 + RUNNER_HEADROOM_MB  # /tmp and /dev/shm are charged too
+    scratch = f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"
+    return {
+        "command": ["sleep", "infinity"],
+        "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        "working_dir": "/tmp",
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": scratch},
+        "shm_size": f"{cfg.tmpfs_mb}m",
+        "mem_limit": f"{memory_mb}m",
+        "memswap_limit": f"{memory_mb}m",
+        "mem_swappiness": 0,
+        "pids_limit": cfg.pids_limit,
+        "nano_cpus": int(cfg.cpus * 1e9),
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "init": True,
+        "ipc_mode": "private",
+        "environment": RUNNER_ENV,
+        "log_config": LogConfig(type=LogConfig.types.JSON, config={"max-size": "1m", "max-file": "1"}),
+        "detach": True,
+        "stdin_open": False,
+    }
+
+
+@dataclass
+class _Frames:
+    """Demultiplexes Docker's attach stream: 8-byte headers (stream id, size) followed by payload."""
+
+    buffer: bytearray
+    stdout: bytearray
+    stderr: bytearray
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 8:
+            stream, size = self.buffer[0], struct.unpack(">I", self.buffer[4:8])[0]
+            if len(self.buffer) < 8 + size:
+                return
+            payload = bytes(self.buffer[8:8 + size])
+            del self.buffer[:8 + size]
+            if stream == STDERR:
+                self.stderr += payload
+                del self.stderr[:-8192]  # keep only the tail of the runner's own diagnostics
+            else:
+                self.stdout += payload
+
+
+class SandboxContainer:
+    """A started container with a ready runner. Not thread-safe: the pool gives it to one thread at a time."""
+
+    def __init__(self, client: docker.DockerClient, cfg: SandboxConfig, image_id: str, owner: str) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.jobs_done = 0
+        self.name = f"selfinstruct-sandbox-{uuid.uuid4().hex[:12]}"
+        labels = {CONTAINER_LABEL: "1", OWNER_LABEL: owner}
+        self.container = client.containers.run(image_id, name=self.name, labels=labels, **container_options(cfg))
+        self._frames = _Frames(bytearray(), bytearray(), bytearray())
+        try:
+            exec_id = client.api.exec_create(
+                self.container.id, ["python3", "-s", "-c", bootstrap_source()], stdin=True, stdout=True,
+                stderr=True, user=f"{SANDBOX_UID}:{SANDBOX_UID}", environment=RUNNER_ENV, workdir="/tmp")["Id"]
+            response = client.api.exec_start(exec_id, socket=True)
+            self._sock: socket.socket = getattr(response, "_sock", response)
+            ready = self._read_line(time.monotonic() + START_TIMEOUT_S)
+            if not ready.get("ready"):
+                raise RunnerGone(f"runner did not start: {ready}")
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _read_line(self, deadline: float) -> dict:
+        while b"\n" not in self._frames.stdout:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RunnerGone("the runner did not answer before the host deadline", deadline=True)
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise RunnerGone(f"runner stream broke: {exc}") from exc
+            if not data:
+                tail = self._frames.stderr.decode("utf-8", "replace").strip()[-400:]
+                raise RunnerGone("the runner exited" + (f": {tail}" if tail else ""))
+            self._frames.feed(data)
+        line, _, rest = bytes(self._frames.stdout).partition(b"\n")
+        self._frames.stdout = bytearray(rest)
+        return json.loads(line)
+
+    def run(self, job: dict, limits: dict, timeout_s: float) -> dict:
+        """Send one job, wait for its verdict (host deadline: timeout + grace). Raises RunnerGone."""
+        message = (json.dumps({"job": job, "limits": limits}) + "\n").encode()
+        try:
+            self._sock.settimeout(START_TIMEOUT_S)
+            self._sock.sendall(message)
+        except OSError as exc:
+            raise RunnerGone(f"cannot send the job to the runner: {exc}", sent=False) from exc
+        reply = self._read_line(time.monotonic() + timeout_s + self.cfg.host_grace_s)
+        self.jobs_done += 1
+        return reply
+
+    def oom_killed(self) -> bool:
+        try:
+            self.container.reload()
+            return bool(self.container.attrs["State"].get("OOMKilled"))
+        except docker.errors.DockerException:
+            return False
+
+    def destroy(self) -> None:
+        """Kill and remove the container now (no stop grace period)."""
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        try:
+            self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise

@@ -1,0 +1,361 @@
+"""The test harness that runs inside each job's forked child: solution, then every test, one verdict each.
+
+This file is shipped verbatim into the sandbox (see `runner.py`), so it uses the standard library only
+and imports nothing from this project. It is also importable on the host, where its pure parts
+(assert rewriting, trusted comparison) are unit-tested.
+
+Why asserts are rewritten. A test like `assert f(x) == [1, 2]` is normally decided by the object
+`f(x)` returns: an object whose `__eq__` always answers True passes every such test. The harness
+therefore compiles each `assert` so that every comparison and the final truth test go through
+`_compare`/`_truth` below, which decide on "trusted" values (exact built-in types whose behaviour no
+solution can change, recursively for containers) with the built-in operators, and refuse to let an
+untrusted object decide: `==` between untrusted objects needs the same exact type and agreement in
+both directions; ordering, `in` and truth tests on untrusted objects fail. The helpers reach the test
+as function arguments (fast locals), so a solution that rebinds globals or builtins cannot swap them.
+
+Why results travel over a private pipe with a nonce. The solution runs in the harness's process, so
+its exit status and its stdout prove nothing: the harness streams one record per test, then a final
+record, each tagged with a per-job nonce, over a pipe the runner reads. A job passes only when every
+test's record says passed and the final record arrived; exiting early in any way (`sys.exit`,
+`os._exit`, killing the process) leaves records missing. Limit, stated plainly: code running in the
+same process can in principle find the nonce in memory and forge the records; the sandbox still
+contains such a program, but verdict integrity against deliberate in-process introspection is not
+claimed (see docs/executor.md).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import collections
+import datetime
+import decimal
+import json
+import os
+import sys
+
+TEST_FUNCTION = "__si_test__"
+COMPARE_HELPER = "__si_cmp__"  # dunder-terminated names are not mangled inside class bodies
+TRUTH_HELPER = "__si_truth__"
+MAX_ERROR_CHARS = 500
+MAX_TRUSTED_NODES = 2_000_000
+
+# Exact types whose equality, ordering and truth are implemented in C and cannot be changed at run time.
+_TRUSTED_LEAVES = frozenset({
+    type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis),
+    decimal.Decimal, datetime.date, datetime.datetime, datetime.time, datetime.timedelta, datetime.timezone,
+})
+_TRUSTED_SEQUENCES = frozenset({list, tuple, set, frozenset, collections.deque})
+_TRUSTED_MAPPINGS = frozenset({dict, collections.OrderedDict, collections.defaultdict})
+
+
+class UntrustedComparison(AssertionError):
+    """An assert depended on an object that could decide its own comparison or truth value."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Trusted values and comparisons
+# --------------------------------------------------------------------------------------------------
+
+def is_trusted(value: object) -> bool:
+    """True when `value` is built only from exact built-in types (no subclass, no user class)."""
+    stack = [value]
+    seen: set[int] = set()
+    budget = MAX_TRUSTED_NODES
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        item = stack.pop()
+        kind = type(item)
+        if kind in _TRUSTED_LEAVES:
+            continue
+        if kind in _TRUSTED_SEQUENCES or kind in _TRUSTED_MAPPINGS:
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+            if kind in _TRUSTED_MAPPINGS:
+                if kind is collections.defaultdict and item.default_factory is not None:
+                    pass  # the factory is not consulted by comparison or iteration
+                stack.extend(dict.keys(item))
+                stack.extend(dict.values(item))
+            else:
+                stack.extend(item)
+            continue
+        return False
+    return True
+
+
+_ORDERING = {
+    "Lt": lambda a, b: a < b,
+    "LtE": lambda a, b: a <= b,
+    "Gt": lambda a, b: a > b,
+    "GtE": lambda a, b: a >= b,
+    "Eq": lambda a, b: a == b,
+    "NotEq": lambda a, b: a != b,
+    "In": lambda a, b: a in b,
+    "NotIn": lambda a, b: a not in b,
+}
+_SYMBOL = {"Lt": "<", "LtE": "<=", "Gt": ">", "GtE": ">=", "Eq": "==", "NotEq": "!=", "In": "in",
+           "NotIn": "not in", "Is": "is", "IsNot": "is not"}
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    module = getattr(kind, "__module__", "")
+    return kind.__qualname__ if module in ("builtins", "__main__", "solution") else f"{module}.{kind.__qualname__}"
+
+
+def compare(op: str, left: object, right: object) -> bool:
+    """One comparison of an assert, decided without letting an untrusted object vote for itself."""
+    if op == "Is":
+        return left is right
+    if op == "IsNot":
+        return left is not right
+    if is_trusted(left) and is_trusted(right):
+        return bool(_ORDERING[op](left, right))  # built-in operators on built-in data: no user code runs
+    if op == "Eq":
+        if type(left) is not type(right):
+            return False
+        # Same user-defined type on both sides: its __eq__ must agree in both directions and return a real bool.
+        return (left == right) is True and (right == left) is True
+    raise UntrustedComparison(
+        f"cannot decide `{_SYMBOL[op]}` between {_type_name(left)} and {_type_name(right)}: "
+        "the result would be chosen by the object itself")
+
+
+def compare_chain(ops: tuple[str, ...], *operands: object) -> bool:
+    """`a < b < c` as the harness evaluates it (operands already evaluated, left to right)."""
+    for index, op in enumerate(ops):
+        if not compare(op, operands[index], operands[index + 1]):
+            return False
+    return True
+
+
+def truth(value: object) -> bool:
+    """The truth value of an assert's condition, refusing objects that define their own `__bool__`."""
+    if value is True or value is False:
+        return value
+    if is_trusted(value):
+        return bool(value)
+    raise UntrustedComparison(f"assert on a {_type_name(value)} object: its truth value is not trusted")
+
+
+# --------------------------------------------------------------------------------------------------
+# Compiling tests
+# --------------------------------------------------------------------------------------------------
+
+class _AssertRewriter(ast.NodeTransformer):
+    """Route every comparison inside an assert's condition, and the condition itself, through the helpers."""
+
+    def __init__(self) -> None:
+        self.in_assert = False
+
+    def visit_Assert(self, node: ast.Assert) -> ast.Assert:
+        self.in_assert = True
+        try:
+            test = self.visit(node.test)
+        finally:
+            self.in_assert = False
+        node.test = ast.Call(func=ast.Name(TRUTH_HELPER, ast.Load()), args=[test], keywords=[])
+        return node
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        if not self.in_assert:
+            return node
+        ops = ast.Constant(tuple(type(op).__name__ for op in node.ops))
+        return ast.Call(func=ast.Name(COMPARE_HELPER, ast.Load()), args=[ops, node.left, *node.comparators],
+                        keywords=[])
+
+
+class _BoundNames(ast.NodeVisitor):
+    """Names a statement binds in its own (module) scope; nested function/class/lambda bodies excluded."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, (ast.Store, ast.Del)):
+            self.names.add(node.id)
+
+    def visit_NamedExpr(self, node: ast.NamedExpr) -> None:
+        self.names.add(node.target.id)  # binds in the enclosing scope even inside a comprehension
+        self.visit(node.value)
+
+    def _visit_comprehension_scope(self, node: ast.AST) -> None:
+        for child in ast.walk(node):
+            if isinstance(child, ast.NamedExpr):
+                self.names.add(child.target.id)
+        first = node.generators[0]  # type: ignore[attr-defined]
+        self.visit(first.iter)  # evaluated in the enclosing scope
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _visit_comprehension_scope
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        self.names.add(node.name)
+        for expr in [*node.decorator_list, *node.args.defaults, *(d for d in node.args.kw_defaults if d)]:
+            self.visit(expr)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self.names.add(node.name)
+        for expr in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
+            self.visit(expr)
+
+    def visit_Lambda(self, node: ast.Lambda) -> None:
+        for expr in [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]:
+            self.visit(expr)
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            if alias.name != "*":
+                self.names.add(alias.asname or alias.name.split(".")[0])
+
+    visit_ImportFrom = visit_Import
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.names.add(node.name)
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.names.update(node.names)
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        if node.name:
+            self.names.add(node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name:
+            self.names.add(node.name)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        if node.rest:
+            self.names.add(node.rest)
+        self.generic_visit(node)
+
+
+def _has_assert(tree: ast.AST) -> bool:
+    return any(isinstance(node, ast.Assert) for node in ast.walk(tree))
+
+
+def _has_star_import(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names) for node in tree.body)
+
+
+def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
+    """Compile one test statement (or block). Returns (code, wrapped).
+
+    When `wrapped`, executing the code defines `__si_test__(__si_cmp__, __si_truth__)` in the namespace;
+    calling it runs the test with the trusted helpers, and the names the test binds stay module globals
+    (declared `global`), so later tests see them exactly as if the statements ran at top level.
+    Raises SyntaxError for a test that does not parse.
+    """
+    tree = ast.parse(source, filename, "exec")
+    if not _has_assert(tree) or _has_star_import(tree):
+        return compile(tree, filename, "exec"), False
+    tree = _AssertRewriter().visit(tree)
+    bound = _BoundNames()
+    for stmt in tree.body:
+        bound.visit(stmt)
+    names = sorted(bound.names - {COMPARE_HELPER, TRUTH_HELPER, TEST_FUNCTION})
+    body: list[ast.stmt] = ([ast.Global(names=names)] if names else []) + tree.body
+    arguments = ast.arguments(posonlyargs=[], args=[ast.arg(COMPARE_HELPER), ast.arg(TRUTH_HELPER)],
+                              kwonlyargs=[], kw_defaults=[], defaults=[])
+    function = ast.FunctionDef(name=TEST_FUNCTION, args=arguments, body=body, decorator_list=[], returns=None)
+    if sys.version_info >= (3, 12):
+        function.type_params = []
+    module = ast.Module(body=[function], type_ignores=[])
+    ast.fix_missing_locations(module)
+    return compile(module, filename, "exec"), True
+
+
+# --------------------------------------------------------------------------------------------------
+# Running a job (inside the forked child)
+# --------------------------------------------------------------------------------------------------
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, robust against exceptions whose __str__ misbehaves."""
+    name = type(exc).__name__
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - a hostile __str__ must not break the report
+        message = "<unprintable>"
+    text = f"{name}: {message}" if message else name
+    return text[:MAX_ERROR_CHARS]
+
+
+def _is_memory_error(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError)
+
+
+class ResultChannel:
+    """Writes the harness's records (one JSON line each, <= PIPE_BUF so each write is atomic) to a pipe."""
+
+    def __init__(self, fd: int, nonce: str) -> None:
+        self._fd = fd
+        self._nonce = nonce
+
+    def send(self, record: dict) -> None:
+        record["k"] = self._nonce
+        data = (json.dumps(record, ensure_ascii=True) + "\n").encode()
+        os.write(self._fd, data)
+
+
+def run_job(job: dict, channel: ResultChannel) -> None:
+    """Run imports, solution, setup, then each test; stream one record per test, then the final record.
+
+    Never returns normally to untrusted code: the caller `os._exit`s right after, so threads, atexit
+    handlers and finalizers the solution left behind cannot run after the verdict.
+    """
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    namespace: dict = {"__name__": "solution", "__builtins__": builtins}
+    tests = job.get("tests", [])
+    compiled: list[tuple[object, bool] | str] = []
+    for index, source in enumerate(tests):
+        try:
+            compiled.append(compile_test(source, f"<test {index}>"))
+        except SyntaxError as exc:
+            compiled.append(describe(exc))
+        except (ValueError, RecursionError, MemoryError) as exc:
+            compiled.append(describe(exc))
+
+    load_error = None
+    memory = False
+    for phase in ("imports", "solution", "setup"):
+        source = job.get(phase) or ""
+        if not source:
+            continue
+        try:
+            code = compile(source, f"<{phase}>", "exec")
+            exec(code, namespace)  # noqa: S102 - running untrusted code is this sandbox's purpose
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
+            load_error = f"{phase}: {describe(exc)}"
+            memory = _is_memory_error(exc)
+            break
+
+    if load_error is None:
+        for index, entry in enumerate(compiled):
+            if isinstance(entry, str):
+                channel.send({"i": index, "ok": False, "e": entry})
+                continue
+            code, wrapped = entry
+            try:
+                exec(code, namespace)  # noqa: S102
+                if wrapped:
+                    test_function = namespace.pop(TEST_FUNCTION)
+                    test_function(compare_chain, truth)
+                channel.send({"i": index, "ok": True, "e": None})
+            except BaseException as exc:  # noqa: BLE001
+                memory = memory or _is_memory_error(exc)
+                channel.send({"i": index, "ok": False, "e": describe(exc)})
+
+    for stream in (real_stdout, real_stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+    channel.send({"done": len(tests), "load": load_error, "mem": memory})

@@ -1,0 +1,415 @@
+"""The long-lived runner inside each sandbox container: one job in on stdin, one verdict out on stdout.
+
+Shipped into the container as `python3 -c <bootstrap>` source (`bootstrap_source()`), because the root
+filesystem is read-only and `put_archive` cannot write to it. Standard library only.
+
+Per job the runner forks a fresh child (copy-on-write, no interpreter start-up: a few ms) which
+  - starts a new session (its own process group), closes every inherited descriptor, reads /dev/null
+    as stdin, writes stdout/stderr into pipes the runner drains and caps, and keeps one private pipe
+    for the harness's records;
+  - runs under rlimits: CPU seconds, address space, file size, open files, no core dumps, and volunteers
+    for the OOM killer (oom_score_adj 1000) so a memory bomb kills itself, not the runner;
+  - runs the harness (`harness.run_job`) and `os._exit`s.
+The runner enforces the wall clock (kill the process group, then sweep /proc for anything that
+escaped it, e.g. a `setsid()` grandchild), empties the scratch tmpfs, and decides the outcome from the
+harness's records, never from the exit status alone. It marks itself non-dumpable
+(PR_SET_DUMPABLE 0) so a child running as the same user cannot open /proc/<runner>/fd/1 to forge the
+verdict, nor read or write its memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import sys
+import time
+
+try:  # inside the sandbox the bootstrap registers the harness under this name
+    import si_harness as harness  # type: ignore[import-not-found]
+except ImportError:  # on the host (tests, source shipping)
+    from executor import harness
+
+PR_SET_DUMPABLE = 4
+SCRATCH_DIRS = ("/tmp", "/dev/shm")
+SWEEP_ROUNDS = 50
+READ_CHUNK = 65536
+
+
+def _set_non_dumpable() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"Z"
+    except (OSError, ValueError):
+        return True  # gone
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _sweep(protected: set[int]) -> int:
+    """SIGKILL every live process that is not protected (init, the container's main process, us).
+
+    Returns how many escapees were found. Repeats because a fork bomb can fork while being swept.
+    """
+    found = 0
+    for _ in range(SWEEP_ROUNDS):
+        live = [pid for pid in _pids() if pid not in protected and not _is_zombie(pid)]
+        if not live:
+            break
+        found += len(live)
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap()
+        time.sleep(0.001)
+    _reap()
+    return found
+
+
+def _clear_scratch() -> bool:
+    """Empty the writable tmpfs mounts between jobs. Returns False if something could not be removed."""
+
+    def make_writable_and_retry(function, path, _exc):
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            function(path)
+        except OSError:
+            pass
+
+    clean = True
+    for root in SCRATCH_DIRS:
+        try:
+            entries = os.listdir(root)
+        except OSError:
+            continue
+        for name in entries:
+            path = os.path.join(root, name)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, onerror=make_writable_and_retry)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
+            if os.path.lexists(path):
+                clean = False
+    return clean
+
+
+def _child(job: dict, limits: dict, result_fd: int, out_fd: int, err_fd: int, nonce: str) -> None:
+    """In the forked child: isolate, limit, run the harness, exit. Never returns."""
+    status = 70
+    try:
+        os.setsid()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversize writes fail with EFBIG instead of killing
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.dup2(result_fd, 3)
+        os.closerange(4, 65536)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as handle:
+                handle.write("1000")
+        except OSError:
+            pass
+        cpu = max(1, int(limits["timeout_s"] + 1))
+        memory = int(limits["memory_mb"]) << 20
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["fsize_mb"]) << 20,) * 2)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["max_files"]),) * 2)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        workdir = "/tmp/job"
+        os.makedirs(workdir, exist_ok=True)
+        os.chdir(workdir)
+        harness.run_job(job, harness.ResultChannel(3, nonce))
+        status = 0
+    except BaseException:  # noqa: BLE001 - report through the exit status; never unwind into the runner
+        try:
+            import traceback
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+        status = 71
+    finally:
+        os._exit(status)
+
+
+class _Capture:
+    """Keeps the head of a stream and counts everything."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.head = bytearray()
+        self.total = 0
+
+    def add(self, data: bytes) -> None:
+        self.total += len(data)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+
+    def text(self) -> str:
+        text = self.head.decode("utf-8", errors="replace")
+        if self.total > len(self.head):
+            text += f"\n[... {self.total - len(self.head)} more bytes not kept]"
+        return text
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
+    """Fork a child for `job`, supervise it, and return the verdict record."""
+    started = time.monotonic()
+    tests = job.get("tests") or []
+    timeout_s = float(job.get("timeout_s") or limits["timeout_s"])
+    limits = dict(limits, timeout_s=timeout_s)
+    nonce = os.urandom(16).hex()
+    result_r, result_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _child(job, limits, result_w, out_w, err_w, nonce)
+    for fd in (result_w, out_w, err_w):
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    for fd in (result_r, out_r, err_r):
+        os.set_blocking(fd, False)
+
+    stdout, stderr = _Capture(int(limits["keep"])), _Capture(int(limits["keep"]))
+    records = bytearray()
+    deadline = started + timeout_s
+    killed_for = None
+    exited = False
+    open_fds = {result_r: records, out_r: stdout, err_r: stderr}
+    poller = select.poll()
+    for fd in (pidfd, *open_fds):
+        poller.register(fd, select.POLLIN)
+
+    def drain(fd: int) -> None:
+        sink = open_fds[fd]
+        while True:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            if not data:
+                poller.unregister(fd)
+                del open_fds[fd]
+                os.close(fd)
+                return
+            if isinstance(sink, bytearray):
+                if len(sink) < (len(tests) + 2) * 1024:  # records are small; more is an attack
+                    sink += data
+            else:
+                sink.add(data)
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            killed_for = "timeout"
+            break
+        events = poller.poll(remaining * 1000)
+        for fd, _ in events:
+            if fd == pidfd:
+                exited = True
+            elif fd in open_fds:
+                drain(fd)
+        if stdout.total + stderr.total > int(limits["output_limit"]):
+            killed_for = "output_limit"
+            break
+        if exited:
+            for fd in list(open_fds):
+                drain(fd)
+            break
+
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    _, status, usage = os.wait4(pid, 0)
+    os.close(pidfd)
+    for fd in list(open_fds):
+        try:
+            drain(fd)
+        except OSError:
+            pass
+    escaped = _sweep(protected)
+    for fd in list(open_fds):
+        os.close(fd)
+    scratch_clean = _clear_scratch()
+    duration_ms = (time.monotonic() - started) * 1000
+
+    results: list[dict | None] = [None] * len(tests)
+    done = None
+    forged = False
+    for line in bytes(records).splitlines():
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or record.get("k") != nonce:
+                raise ValueError("bad record")
+        except ValueError:
+            forged = True
+            continue
+        if done is not None:
+            forged = True  # nothing legitimate follows the final record
+        elif "done" in record:
+            done = record
+        else:
+            index = record.get("i")
+            if not isinstance(index, int) or not 0 <= index < len(tests) or results[index] is not None:
+                forged = True
+                continue
+            results[index] = {"passed": record.get("ok") is True, "error": record.get("e")}
+
+    notes = []
+    cpu_s = usage.ru_utime + usage.ru_stime
+    signaled = os.WIFSIGNALED(status)
+    signum = os.WTERMSIG(status) if signaled else None
+    exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    if killed_for == "timeout":
+        outcome = "timeout"
+        notes.append(f"wall-clock limit of {timeout_s:g}s reached; process group killed")
+    elif killed_for == "output_limit":
+        outcome = "output_limit"
+        notes.append(f"output exceeded {limits['output_limit']} bytes; process group killed")
+    elif signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu_s >= timeout_s):
+        outcome = "timeout"
+        notes.append(f"CPU-time limit reached ({cpu_s:.2f}s)")
+    elif signum == signal.SIGKILL:
+        outcome = "memory"
+        notes.append("killed by SIGKILL it did not receive from the runner (the OOM killer)")
+    elif forged:
+        outcome = "error"
+        notes.append("the result channel carried records the harness did not write; verdict discarded")
+    elif done is None or exit_code != 0:
+        outcome = "error"
+        if signaled:
+            notes.append(f"killed by {_signal_name(signum)} before the harness finished")
+        else:
+            notes.append(f"exited with status {exit_code} before the harness finished")
+    elif done.get("mem"):
+        outcome = "memory"
+    elif done.get("load"):
+        outcome = "error"
+    elif all(r is not None and r["passed"] for r in results) and done.get("done") == len(tests):
+        outcome = "passed"
+    else:
+        outcome = "failed"
+    if done is not None and done.get("load"):
+        notes.append(str(done["load"]))
+    not_run = "not run" + (f" ({outcome})" if outcome != "failed" else "")
+    test_results = [r if r is not None else {"passed": False, "error": not_run} for r in results]
+    if outcome != "passed":
+        pass
+    elif any(not r["passed"] for r in test_results):
+        outcome = "failed"
+
+    anomaly = None
+    if escaped:
+        anomaly = f"{escaped} process(es) escaped the job's process group and were killed"
+    elif not scratch_clean:
+        anomaly = "scratch space could not be emptied"
+    elif forged:
+        anomaly = "forged result records"
+    elif outcome == "memory":
+        anomaly = "memory exhaustion"
+    stderr_text = stderr.text()
+    if notes:
+        stderr_text += ("\n" if stderr_text and not stderr_text.endswith("\n") else "") + "".join(
+            f"[sandbox] {note}\n" for note in notes)
+    return {
+        "outcome": outcome,
+        "tests": test_results,
+        "duration_ms": round(duration_ms, 3),
+        "stdout": stdout.text(),
+        "stderr": stderr_text,
+        "cpu_s": round(cpu_s, 4),
+        "anomaly": anomaly,
+    }
+
+
+def main() -> None:
+    """Serve jobs until stdin closes. Line protocol: {"job": {...}, "limits": {...}} -> verdict."""
+    _set_non_dumpable()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # `kill -TERM 1` is forwarded to us by the init process
+    protected = {os.getpid(), *(pid for pid in _pids() if pid != os.getpid())}  # init + main process
+    _clear_scratch()
+    _write_all(1, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode())
+    stdin = sys.stdin.buffer
+    while True:
+        line = stdin.readline()
+        if not line:
+            return
+        try:
+            message = json.loads(line)
+            reply = run_one(message["job"], message["limits"], protected)
+        except Exception as exc:  # noqa: BLE001 - report the runner's own failure as a sandbox error
+            reply = {"outcome": "sandbox_error", "tests": [], "duration_ms": 0.0, "stdout": "",
+                     "stderr": f"[sandbox] runner failure: {type(exc).__name__}: {exc}\n", "anomaly": "runner failure"}
+        _write_all(1, (json.dumps(reply) + "\n").encode())
+
+
+def bootstrap_source() -> str:
+    """Python source for `python3 -c`: registers the harness as a module, then runs this runner."""
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    harness_src = (here / "harness.py").read_text()
+    runner_src = (here / "runner.py").read_text()
+    return (
+        "import sys, types\n"
+        "def _load(name, source):\n"
+        "    module = types.ModuleType(name)\n"
+        "    module.__file__ = name + '.py'\n"
+        "    sys.modules[name] = module\n"
+        "    exec(compile(source, name + '.py', 'exec'), module.__dict__)\n"
+        "    return module\n"
+        f"_load('si_harness', {harness_src!r})\n"
+        f"_load('si_runner', {runner_src!r}).main()\n"
+    )

@@ -1,0 +1,229 @@
+"""The sandbox pool: warm hardened containers, one job at a time each, safe to share between threads.
+
+    from executor.sandbox import Sandbox, SandboxConfig
+    with Sandbox(SandboxConfig(workers=2, timeout_s=10)) as sandbox:
+        results = sandbox.run(jobs)          # same order as jobs; every job gets a Result
+
+A container is replaced after `recycle_after` jobs and after any anomaly (escaped processes, forged
+records, memory exhaustion, a runner that died or missed the host deadline). Containers left behind by
+a process that no longer runs are removed at start; this pool's own containers at exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+import docker
+
+from executor import image as sandbox_image
+from executor.config import CONTAINER_LABEL, SandboxConfig
+from executor.container import OWNER_LABEL, RunnerGone, SandboxContainer, owner_is_alive, owner_label
+from executor.jobs import Job, Result, TestResult
+from selfinstruct.errors import UserError
+
+__all__ = ["Sandbox", "SandboxConfig", "remove_containers"]
+
+log = logging.getLogger(__name__)
+
+
+def remove_containers(client: docker.DockerClient, *, stale_only: bool) -> int:
+    """Remove labeled sandbox containers (all of them, or only those whose owner process has exited)."""
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": CONTAINER_LABEL}):
+        if stale_only and owner_is_alive(container.labels.get(OWNER_LABEL, "")):
+            continue
+        try:
+            container.remove(force=True)
+            removed += 1
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
+    return removed
+
+
+def _destroy_all(containers: list[SandboxContainer]) -> None:
+    for container in list(containers):
+        try:
+            container.destroy()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
+    containers.clear()
+
+
+class Sandbox:
+    """A pool of `cfg.workers` warm containers. `run` is thread-safe; use as a context manager."""
+
+    def __init__(self, cfg: SandboxConfig | None = None, *, client: docker.DockerClient | None = None) -> None:
+        self.cfg = cfg or SandboxConfig()
+        self._client = client
+        self._owner = owner_label()
+        self._idle: queue.Queue[SandboxContainer | None] = queue.Queue()
+        self._live: list[SandboxContainer] = []
+        self._live_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._finalizer: weakref.finalize | None = None
+        self.image_digest: str | None = None
+        self.replaced = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Connect, check the image, remove stale containers, start the warm pool (in parallel)."""
+        if self._pool is not None:
+            return
+        if self._client is None:
+            self._client = sandbox_image.connect(pool_size=self.cfg.workers * 2 + 4)
+        image = sandbox_image.resolve_image(self._client, self.cfg.image_name)
+        self.image_digest = image.id
+        removed = remove_containers(self._client, stale_only=True)
+        if removed:
+            log.info("removed %d stale sandbox container(s)", removed)
+        self._finalizer = weakref.finalize(self, _destroy_all, self._live)
+        self._pool = ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="sandbox")
+        try:
+            for container in self._pool.map(lambda _: self._new_container(), range(self.cfg.workers)):
+                self._idle.put(container)
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop accepting work, wait for running jobs, remove this pool's containers."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        with self._live_lock:
+            _destroy_all(self._live)
+
+    def _new_container(self) -> SandboxContainer:
+        try:
+            container = SandboxContainer(self._client, self.cfg, self.image_digest, self._owner)
+        except docker.errors.ImageNotFound as exc:
+            raise UserError(f"sandbox image {self.cfg.image_name!r} disappeared: run `selfinstruct sandbox build`") from exc
+        except docker.errors.APIError as exc:
+            raise UserError(f"the Docker daemon refused to start a sandbox container: {exc.explanation or exc}") from exc
+        with self._live_lock:
+            self._live.append(container)
+        return container
+
+    def _retire(self, container: SandboxContainer) -> None:
+        with self._live_lock:
+            if container in self._live:
+                self._live.remove(container)
+        self.replaced += 1
+        try:
+            container.destroy()
+        except docker.errors.DockerException as exc:
+            log.warning("could not remove sandbox container %s: %s", container.name, exc)
+
+    # -- running jobs ------------------------------------------------------------------------------
+
+    def run(self, jobs: Iterable[Job | dict], on_result: Callable[[Result], None] | None = None) -> list[Result]:
+        """Run every job; results come back in the order of `jobs`. Blocks until all are done."""
+        pool = self._require_pool()
+        futures = [pool.submit(self._run_one, _as_job(job)) for job in jobs]
+        if on_result is not None:
+            for future in futures:
+                future.add_done_callback(lambda f: on_result(f.result()))
+        return [future.result() for future in futures]
+
+    def iter_results(self, jobs: Iterable[Job | dict], window: int | None = None) -> Iterator[Result]:
+        """Yield results as jobs finish (completion order), keeping at most `window` jobs in flight."""
+        pool = self._require_pool()
+        window = window or self.cfg.workers * 4
+        pending: set[Future[Result]] = set()
+        try:
+            for job in jobs:
+                pending.add(pool.submit(self._run_one, _as_job(job)))
+                if len(pending) >= window:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (future.result() for future in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (future.result() for future in done)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def _require_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            raise RuntimeError("Sandbox is not started: use `with Sandbox(cfg) as sandbox:` or call start()")
+        return self._pool
+
+    def _limits(self) -> dict:
+        cfg = self.cfg
+        return {"timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "fsize_mb": cfg.tmpfs_mb,
+                "max_files": cfg.max_files, "output_limit": cfg.output_limit_bytes, "keep": cfg.output_keep_bytes}
+
+    def _run_one(self, job: Job) -> Result:
+        if not job.tests:
+            return self._result(job, "error", stderr="[sandbox] the job has no tests, so it cannot pass\n")
+        container = self._idle.get()
+        try:
+            for attempt in (1, 2):
+                if container is None:
+                    container = self._new_container()
+                result, healthy, started = self._execute(container, job)
+                if not healthy:
+                    self._retire(container)
+                    container = None
+                if started or attempt == 2:
+                    return result
+            return result
+        except Exception as exc:  # noqa: BLE001 - every job gets a result, whatever broke
+            log.exception("sandbox failure on job %s", job.id)
+            if container is not None:
+                self._retire(container)
+                container = None
+            return self._result(job, "sandbox_error", stderr=f"[sandbox] {type(exc).__name__}: {exc}\n")
+        finally:
+            if container is not None and container.jobs_done >= self.cfg.recycle_after:
+                self._retire(container)
+                container = None
+            self._idle.put(container)
+
+    def _execute(self, container: SandboxContainer, job: Job) -> tuple[Result, bool, bool]:
+        """Returns (result, container still healthy, job reached the runner)."""
+        timeout_s = job.timeout_s or self.cfg.timeout_s
+        payload = {"solution": job.solution, "tests": job.tests, "imports": job.imports, "setup": job.setup,
+                   "timeout_s": timeout_s}
+        try:
+            reply = container.run(payload, self._limits(), timeout_s)
+        except RunnerGone as exc:
+            if exc.sent is False:
+                return self._result(job, "sandbox_error", stderr=f"[sandbox] {exc}\n"), False, False
+            if exc.deadline:
+                outcome, why = "timeout", "the sandbox did not answer before the host deadline; container replaced"
+            elif container.oom_killed():
+                outcome, why = "memory", "the container ran out of memory; container replaced"
+            else:
+                outcome, why = "error", f"the sandbox runner died during this job ({exc}); container replaced"
+            tests = [TestResult(passed=False, error=f"not run ({outcome})") for _ in job.tests]
+            return self._result(job, outcome, tests=tests, stderr=f"[sandbox] {why}\n"), False, True
+        tests = [TestResult(**t) for t in reply.get("tests", [])]
+        result = self._result(job, reply["outcome"], tests=tests, duration_ms=reply.get("duration_ms", 0.0),
+                              stdout=reply.get("stdout", ""), stderr=reply.get("stderr", ""))
+        if reply.get("anomaly"):
+            log.info("recycling container %s after job %s: %s", container.name, job.id, reply["anomaly"])
+        return result, not reply.get("anomaly") and reply["outcome"] != "sandbox_error", True
+
+    def _result(self, job: Job, outcome: str, **fields: object) -> Result:
+        return Result(id=job.id, outcome=outcome, image_digest=self.image_digest, **fields)
+
+
+def _as_job(job: Job | dict) -> Job:
+    return job if isinstance(job, Job) else Job.model_validate(job)
