@@ -38,7 +38,7 @@ def normalize_url(url: str) -> sa.URL:
         url = f"sqlite:///{url}"
     try:
         return sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
+    except (sa.exc.ArgumentError, ValueError) as exc:
         raise UserError(f"not a database URL: {url!r} ({exc}); use e.g. sqlite:///runs/db.sqlite or postgresql+psycopg2://user:pw@host/db") from None
 
 

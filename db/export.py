@@ -215,7 +215,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                 sa.select(tests.c.problem_id, tests.c.code)
                 .where(tests.c.problem_id.in_(problem_ids))
                 .order_by(tests.c.problem_id, tests.c.index)
-            ).tuples():
+            ):
                 tests_of[pid].append(code)
             tests_call: dict[tuple[int, str], StageProvenance] = {}
             for run_id, key, model, params, seed in conn.execute(
@@ -224,7 +224,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                     calls.c.stage == "tests",
                     calls.c.item_key.in_([problem_key(pid) for pid in problem_ids]),
                 )
-            ).tuples():
+            ):
                 tests_call[(run_id, key)] = StageProvenance(model=model, params=params, seed=seed)
             for row in rows:
                 yield Triplet(

@@ -446,7 +446,7 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
                 .join(tests_t, tests_t.c.problem_id == solutions_t.c.problem_id, isouter=True)
                 .where(solutions_t.c.id.in_(ids))
                 .group_by(solutions_t.c.id)
-            ).tuples().all()
+            ).all()
         )
         missing = set(ids) - totals.keys()
         if missing:
@@ -539,7 +539,7 @@ def select_triples(engine: Engine, run_id: int, rule: SelectionRule = "first", s
 
 
 def _counts(conn: Connection, stmt: sa.Select) -> dict[str, int]:
-    return {str(k): int(v) for k, v in conn.execute(stmt).tuples() if k is not None}
+    return {str(k): int(v) for k, v in conn.execute(stmt) if k is not None}
 
 
 def funnel(engine: Engine, run_id: int) -> dict[str, Any]:
