@@ -60,8 +60,9 @@ def offline_corpus() -> Iterator[str]:
             yield from problem[field].splitlines()
 
 
-def train_tokenizer_bytes(vocab_size: int = 512, lines: Iterator[str] | None = None) -> bytes:
-    """A serialized SentencePiece model (the contents of a `tokenizer.model` file)."""
+def train_tokenizer_bytes(vocab_size: int = 512, lines: Iterator[str] | None = None, infilling: bool = True) -> bytes:
+    """A serialized SentencePiece model (the contents of a `tokenizer.model` file); `infilling=False`
+    leaves out the infilling pieces (like Code Llama 34B's vocabulary)."""
     import sentencepiece as spm
 
     model = io.BytesIO()
@@ -81,7 +82,7 @@ def train_tokenizer_bytes(vocab_size: int = 512, lines: Iterator[str] | None = N
         bos_id=1,
         eos_id=2,
         pad_id=-1,
-        control_symbols=list(INFILL_PIECES),
+        control_symbols=list(INFILL_PIECES) if infilling else [],
         hard_vocab_limit=True,
         num_threads=1,
         minloglevel=2,
