@@ -32,6 +32,7 @@ import datetime
 import decimal
 import json
 import os
+import reprlib
 import sys
 
 TEST_FUNCTION = "__si_test__"
@@ -47,6 +48,12 @@ _TRUSTED_LEAVES = frozenset({
 })
 _TRUSTED_SEQUENCES = frozenset({list, tuple, set, frozenset, collections.deque})
 _TRUSTED_MAPPINGS = frozenset({dict, collections.OrderedDict, collections.defaultdict})
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxset = _SHORT_REPR.maxdict = 8
+_last_mismatch: list[str] = []  # the most recent false comparison of the running test, for its message
 
 
 class UntrustedComparison(AssertionError):
@@ -115,21 +122,49 @@ def compare(op: str, left: object, right: object) -> bool:
     if is_trusted(left) and is_trusted(right):
         return bool(_ORDERING[op](left, right))  # built-in operators on built-in data: no user code runs
     if op == "Eq":
-        if type(left) is not type(right):
-            return False
-        # Same user-defined type on both sides: its __eq__ must agree in both directions and return a real bool.
-        return (left == right) is True and (right == left) is True
+        return strict_equal(left, right)
     raise UntrustedComparison(
         f"cannot decide `{_SYMBOL[op]}` between {_type_name(left)} and {_type_name(right)}: "
         "the result would be chosen by the object itself")
 
 
+def strict_equal(left: object, right: object) -> bool:
+    """`==` when an untrusted object is involved: built-in containers are compared element by element with
+    these rules; user-defined objects must have the same exact type and agree in both directions."""
+    if is_trusted(left) and is_trusted(right):
+        return bool(left == right)
+    kind = type(left)
+    if kind is not type(right):
+        return False
+    if kind in (list, tuple, collections.deque):
+        return len(left) == len(right) and all(strict_equal(a, b) for a, b in zip(left, right))
+    if kind in _TRUSTED_MAPPINGS:
+        keys = list(dict.keys(left))
+        if not (is_trusted(keys) and is_trusted(list(dict.keys(right)))):
+            raise UntrustedComparison(f"cannot compare {_type_name(left)}s keyed by untrusted objects")
+        return (len(left) == len(right) and all(key in right for key in keys)
+                and all(strict_equal(dict.__getitem__(left, key), dict.__getitem__(right, key)) for key in keys))
+    if kind in (set, frozenset):
+        raise UntrustedComparison(f"cannot compare {_type_name(left)}s of untrusted objects")
+    # Same user-defined type on both sides: its __eq__ must agree in both directions and return a real bool.
+    return (left == right) is True and (right == left) is True
+
+
 def compare_chain(ops: tuple[str, ...], *operands: object) -> bool:
     """`a < b < c` as the harness evaluates it (operands already evaluated, left to right)."""
     for index, op in enumerate(ops):
-        if not compare(op, operands[index], operands[index + 1]):
+        left, right = operands[index], operands[index + 1]
+        if not compare(op, left, right):
+            _last_mismatch[:] = [_mismatch_text(op, left, right)]
             return False
     return True
+
+
+def _mismatch_text(op: str, left: object, right: object) -> str:
+    def show(value: object) -> str:
+        return _SHORT_REPR.repr(value) if is_trusted(value) else f"<{_type_name(value)} object>"
+
+    return f"{show(left)} {_SYMBOL[op]} {show(right)} is false"
 
 
 def truth(value: object) -> bool:
@@ -343,6 +378,7 @@ def run_job(job: dict, channel: ResultChannel) -> None:
                 channel.send({"i": index, "ok": False, "e": entry})
                 continue
             code, wrapped = entry
+            _last_mismatch.clear()
             try:
                 exec(code, namespace)  # noqa: S102
                 if wrapped:
@@ -351,7 +387,10 @@ def run_job(job: dict, channel: ResultChannel) -> None:
                 channel.send({"i": index, "ok": True, "e": None})
             except BaseException as exc:  # noqa: BLE001
                 memory = memory or _is_memory_error(exc)
-                channel.send({"i": index, "ok": False, "e": describe(exc)})
+                error = describe(exc)
+                if error == "AssertionError" and _last_mismatch:
+                    error = f"AssertionError: {_last_mismatch[0]}"[:MAX_ERROR_CHARS]
+                channel.send({"i": index, "ok": False, "e": error})
 
     for stream in (real_stdout, real_stderr):
         try:

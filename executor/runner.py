@@ -39,6 +39,9 @@ PR_SET_DUMPABLE = 4
 SCRATCH_DIRS = ("/tmp", "/dev/shm")
 SWEEP_ROUNDS = 50
 READ_CHUNK = 65536
+# Imported once by the runner so that forked jobs find them loaded (saves ~10-40 ms per job that uses them).
+PRELOAD = ("math", "random", "re", "itertools", "functools", "collections", "heapq", "bisect", "string", "typing",
+           "hashlib", "statistics", "fractions", "copy", "operator", "decimal", "datetime", "json", "array")
 
 
 def _set_non_dumpable() -> None:
@@ -378,6 +381,11 @@ def main() -> None:
     _set_non_dumpable()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # `kill -TERM 1` is forwarded to us by the init process
+    for name in PRELOAD:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
     protected = {os.getpid(), *(pid for pid in _pids() if pid != os.getpid())}  # init + main process
     _clear_scratch()
     _write_all(1, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode())
