@@ -7,8 +7,9 @@ queue and the actor is replaced by a fresh one: a lost actor costs only its in-f
 that has killed `max_chunk_retries` actors in a row is not tried again (a poison batch must not take
 the whole cluster down one actor at a time).
 
-The actors are plain classes with a `ready()` method and one work method; `ActorPool` knows nothing
-about LLMs or sandboxes (those are generator/scale.py).
+The actors are plain classes with a `ready()` method (raising what their constructor raised, so that
+a bad configuration reaches the driver as one clear error), one work method and `close()`;
+`ActorPool` knows nothing about LLMs or sandboxes (those are generator/scale.py).
 """
 
 from __future__ import annotations
@@ -185,8 +186,6 @@ class ActorPool(Generic[T, R]):
             for h in handles:
                 ray.kill(h, no_restart=True)
             cause = _unwrap(exc) if isinstance(exc, RayTaskError) else exc
-            if isinstance(cause, RayActorError) and isinstance(getattr(cause, "cause", None), RayTaskError):
-                cause = _unwrap(cause.cause)  # the actor's __init__ raised
             if isinstance(cause, UserError):
                 raise cause from None
             raise UserError(f"{self.what}: an actor failed to start: {_one_line(cause)}") from None

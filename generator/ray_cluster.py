@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from selfinstruct.errors import UserError
 
@@ -57,6 +58,8 @@ def ensure_ray(
     if ray.is_initialized():
         return
     explicit = address or os.environ.get("RAY_ADDRESS")
+    if explicit and explicit not in ("auto", "local"):
+        _check_reachable(explicit)
     if address != "local":
         try:
             ray.init(address=explicit or "auto", logging_level=logging.WARNING, log_to_driver=True)
@@ -77,6 +80,24 @@ def ensure_ray(
         logging_level=logging.WARNING,
     )
     log.info("started a local Ray (docker slots: %d)", docker_slots)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a GCS address nothing listens on (ray.init would wait on it for a minute or more)."""
+    target = address.split("://", 1)[-1]
+    if address.startswith(("http://", "https://")):
+        return  # a dashboard/job-server address: ray.init reports those itself
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot connect to the Ray cluster at {address!r}: {exc.strerror or exc}; "
+            "is `ray start --head` running there (and RAY_ADDRESS right)?"
+        ) from None
 
 
 def cluster_resource(name: str) -> float:

@@ -45,16 +45,26 @@ class LLMActor:
     def __init__(self, cfg: BackendConfig) -> None:
         from generator.backends.factory import make_backend
 
-        self._backend = make_backend(cfg)
+        # a constructor that raises kills the actor and Ray keeps only the text of the error; kept
+        # here, the error reaches the driver as itself (a UserError stays one clear line)
+        self._error: Exception | None = None
+        try:
+            self._backend = make_backend(cfg)
+        except Exception as exc:  # noqa: BLE001 - re-raised by every call below
+            self._error = exc
 
     def ready(self) -> int:
+        if self._error is not None:
+            raise self._error
         return os.getpid()
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        self.ready()
         return self._backend.generate(requests)
 
     def close(self) -> None:
-        self._backend.close()
+        if self._error is None:
+            self._backend.close()
 
 
 class SandboxActor:
@@ -63,20 +73,29 @@ class SandboxActor:
     def __init__(self, sandbox_cfg: Any) -> None:
         from executor.sandbox import Sandbox
 
-        self._sandbox = Sandbox(sandbox_cfg)
-        self._sandbox.__enter__()
+        self._error: Exception | None = None  # see LLMActor
+        try:
+            self._sandbox = Sandbox(sandbox_cfg)
+            self._sandbox.__enter__()
+        except Exception as exc:  # noqa: BLE001 - re-raised by every call below
+            self._error = exc
 
     def ready(self) -> int:
+        if self._error is not None:
+            raise self._error
         return os.getpid()
 
     def image_digest(self) -> str | None:
+        self.ready()
         return self._sandbox.image_digest
 
     def run(self, jobs: list[Job]) -> list[Result]:
+        self.ready()
         return self._sandbox.run(jobs)
 
     def close(self) -> None:
-        self._sandbox.__exit__(None, None, None)
+        if self._error is None:
+            self._sandbox.__exit__(None, None, None)
 
 
 def llm_actor_options(cfg: BackendConfig) -> dict[str, Any]:
