@@ -11,6 +11,7 @@ Used in-process by the tests and as a subprocess by db_writer.py.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -165,7 +166,7 @@ def snapshot(engine: sa.Engine) -> dict[str, list[tuple]]:
         for r in conn.execute(
             sa.select(Execution.solution_id, Execution.outcome, Execution.tests, Execution.tests_passed, Execution.tests_total)
         ):
-            out["executions"].append((*sol[r[0]], r[1], str(r[2]), r[3], r[4]))
+            out["executions"].append((*sol[r[0]], r[1], json.dumps(r[2], sort_keys=True), r[3], r[4]))  # JSONB reorders keys
         for r in conn.execute(sa.select(Triple.run_id, Triple.problem_id, Triple.solution_id, Triple.selection_rule)):
             out["triples"].append((run_name[r[0]], problem_text[r[1]], *sol[r[2]], r[3]))
     return {k: sorted(v, key=repr) for k, v in out.items()}

@@ -1,0 +1,170 @@
+"""`selfinstruct export`: JSONL and Llama 2 chat rows, stable ids and split, filters, dedup, HF datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from db import queries
+from db.export import ExportFilter, answer_text, export, is_validation, iter_triples, main, row_id, val_path
+from db.models import Execution, Problem, Triple
+from db_workload import run_pipeline
+from model.chat import chat_text, prompt_answer_text
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def two_runs(engine: sa.Engine) -> sa.Engine:
+    """Two runs of the same workload: the same problems twice (for cross-run dedup)."""
+    run_pipeline(engine, "run-a")
+    run_pipeline(engine, "run-b", rule="random")
+    return engine
+
+
+def test_jsonl_rows_carry_problem_tests_solution_and_provenance(two_runs: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "data.jsonl"
+    stats = export(two_runs, out, fmt="jsonl", flt=ExportFilter(runs=["run-a"]))
+    rows = read_jsonl(out)
+    with two_runs.connect() as conn:
+        n_triples = conn.scalar(
+            sa.select(sa.func.count()).select_from(Triple).where(Triple.run_id == queries.get_run_id(two_runs, "run-a"))
+        )
+    assert stats.train == len(rows) == n_triples > 0
+    row = rows[0]
+    assert set(row) == {"id", "problem", "tests", "solution", "provenance"}
+    assert row["problem"].startswith("Write a function f") and len(row["tests"]) == 3
+    assert all(t.startswith("assert ") for t in row["tests"])
+    prov = row["provenance"]
+    assert prov["run"] == "run-a" and prov["selection_rule"] == "first"
+    assert prov["shown_test"] in row["tests"]
+    assert prov["image_digest"] == "sha256:test" and prov["tests_passed"] == prov["tests_total"] == 3
+    assert prov["stages"]["problems"]["model"] == "big-llm"
+    assert prov["stages"]["tests"]["model"] == prov["stages"]["solutions"]["model"] == "tiny-llm"
+    assert prov["stages"]["solutions"]["params"]["temperature"] == 0.8 and prov["stages"]["solutions"]["seed"] == 1234
+    # the exported solution passes its tests for real
+    env: dict = {}
+    exec(row["solution"], env)  # noqa: S102 - the workload's own code
+    for t in row["tests"]:
+        exec(t, env)  # noqa: S102
+    # every exported problem is unique within a run and ids are stable across exports
+    assert len({r["problem"] for r in rows}) == len(rows)
+    export(two_runs, tmp_path / "again.jsonl", fmt="jsonl", flt=ExportFilter(runs=["run-a"]))
+    assert [r["id"] for r in read_jsonl(tmp_path / "again.jsonl")] == [r["id"] for r in rows]
+    assert rows[0]["id"] == row_id("run-a", _norm_hash(two_runs, row["problem"]), row["solution"])
+
+
+def _norm_hash(engine: sa.Engine, text: str) -> str:
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(Problem.norm_hash).where(Problem.text == text).limit(1))
+
+
+def test_chat_rows_are_exact_llama2_chat(two_runs: sa.Engine, tmp_path: Path) -> None:
+    out = tmp_path / "chat.jsonl"
+    export(two_runs, out, fmt="chat", flt=ExportFilter(runs=["run-a"]))
+    rows = read_jsonl(out)
+    assert rows
+    for row in rows:
+        user, assistant = row["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert assistant["content"].startswith("[PYTHON]\n") and assistant["content"].endswith("\n[/PYTHON]")
+        assert row["text"] == f"<s>[INST] {user['content'].strip()} [/INST] {assistant['content'].strip()} </s>"
+        assert row["text"] == chat_text(row["messages"])
+        assert (row["prompt"], row["answer"]) == prompt_answer_text(user["content"], assistant["content"])
+        assert row["prompt"] + row["answer"] == row["text"]
+    export(two_runs, tmp_path / "plain.jsonl", fmt="chat", flt=ExportFilter(runs=["run-a"]), answer_format="plain")
+    plain = read_jsonl(tmp_path / "plain.jsonl")[0]
+    assert "[PYTHON]" not in plain["text"] and plain["messages"][1]["content"].startswith("def f")
+    assert answer_text("def f():\n    pass\n") == "[PYTHON]\ndef f():\n    pass\n[/PYTHON]"
+    assert answer_text("def f():\n    pass\n", "plain") == "def f():\n    pass"
+
+
+def test_split_is_stable_and_roughly_the_fraction() -> None:
+    ids = [row_id("r", str(i), "s") for i in range(20_000)]
+    val = [i for i in ids if is_validation(i, 0.05)]
+    assert 0.04 < len(val) / len(ids) < 0.06
+    assert val == [i for i in ids if is_validation(i, 0.05)]
+    assert set(val) <= {i for i in ids if is_validation(i, 0.10)}  # growing the fraction only moves rows to val
+    assert not any(is_validation(i, 0.0) for i in ids[:100])
+    assert val_path(Path("d/x.jsonl")) == Path("d/x.val.jsonl") and val_path(Path("d/x")) == Path("d/x.val")
+
+
+def test_split_files_dedup_and_filters(two_runs: sa.Engine, tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    stats = export(two_runs, out, fmt="jsonl", split_val=0.3)
+    train, val = read_jsonl(out), read_jsonl(tmp_path / "all.val.jsonl")
+    assert stats.train == len(train) and stats.validation == len(val) and len(val) > 0 and len(train) > 0
+    assert not {r["id"] for r in train} & {r["id"] for r in val}
+    assert all(is_validation(r["id"], 0.3) for r in val) and not any(is_validation(r["id"], 0.3) for r in train)
+    everything = train + val
+    assert {r["provenance"]["run"] for r in everything} == {"run-a", "run-b"}
+    # the two runs asked the same questions: --dedup keeps one row per problem, the earliest (run-a)
+    export(two_runs, tmp_path / "dedup.jsonl", fmt="jsonl", flt=ExportFilter(dedup=True))
+    dedup = read_jsonl(tmp_path / "dedup.jsonl")
+    assert len(dedup) == len({r["problem"] for r in everything}) < len(everything)
+    assert {r["provenance"]["run"] for r in dedup} == {"run-a"}
+    # --min-tests-passed: the workload's problems have 3 tests each; make one execution look like 2
+    with two_runs.begin() as conn:
+        sid = conn.scalar(sa.select(Triple.solution_id).order_by(Triple.id).limit(1))
+        conn.execute(sa.update(Execution).where(Execution.solution_id == sid).values(tests_passed=2))
+    stats3 = export(two_runs, tmp_path / "min3.jsonl", flt=ExportFilter(min_tests_passed=3))
+    assert stats3.train == len(everything) - 1
+    # with the earliest run-a row filtered out, dedup falls back to run-b's copy of that problem
+    export(two_runs, tmp_path / "dedup3.jsonl", flt=ExportFilter(min_tests_passed=3, dedup=True))
+    dedup3 = read_jsonl(tmp_path / "dedup3.jsonl")
+    assert len(dedup3) == len(dedup) and {r["provenance"]["run"] for r in dedup3} == {"run-a", "run-b"}
+
+
+def test_pages_stream_every_row_once(two_runs: sa.Engine) -> None:
+    all_rows = list(iter_triples(two_runs, ExportFilter()))
+    paged = list(iter_triples(two_runs, ExportFilter(), page_rows=3))
+    assert [(x.run, x.problem_id) for x in paged] == [(x.run, x.problem_id) for x in all_rows]
+    assert len({(x.run, x.problem_id) for x in paged}) == len(paged)
+
+
+def test_output_loads_with_hf_datasets(two_runs: sa.Engine, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    for fmt in ("jsonl", "chat"):
+        out = tmp_path / f"{fmt}.jsonl"
+        stats = export(two_runs, out, fmt=fmt, split_val=0.2)  # type: ignore[arg-type]
+        ds = datasets.load_dataset(
+            "json",
+            data_files={"train": str(out), "validation": str(val_path(out))},
+            cache_dir=str(tmp_path / "hf-cache"),
+        )
+        assert ds["train"].num_rows == stats.train and ds["validation"].num_rows == stats.validation
+        if fmt == "chat":
+            assert ds["train"][0]["messages"][0]["role"] == "user" and ds["train"][0]["text"].startswith("<s>[INST] ")
+        else:
+            assert isinstance(ds["train"][0]["tests"], list) and "provenance" in ds["train"].column_names
+
+
+def test_control_tags_in_a_problem_are_skipped_in_chat(engine: sa.Engine, tmp_path: Path) -> None:
+    run_pipeline(engine, "run-a")
+    with engine.begin() as conn:
+        pid = conn.scalar(sa.select(Triple.problem_id).order_by(Triple.id).limit(1))
+        conn.execute(sa.update(Problem).where(Problem.id == pid).values(text="Ignore this [/INST] and that"))
+    stats = export(engine, tmp_path / "c.jsonl", fmt="chat")
+    assert stats.skipped_chat_format == 1
+    assert all("[/INST] and" not in r["text"] for r in read_jsonl(tmp_path / "c.jsonl"))
+
+
+def test_cli_export_and_its_errors(two_runs: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli" / "chat.jsonl"
+    rc = main(["--db", db_url, "--run", "run-b", "--format", "chat", "--out", str(out), "--split-val", "0.1", "--dedup"])
+    assert rc == 0
+    msg = capsys.readouterr().out
+    assert "training rows to" in msg and "validation rows to" in msg
+    assert out.exists() and val_path(out).exists()
+    assert main(["--db", db_url, "--run", "nope", "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no run named 'nope'") and "\n" not in err
+    assert not (tmp_path / "x.jsonl").exists()
+    assert main(["--db", db_url, "--out", str(tmp_path / "y.jsonl"), "--split-val", "1.5"]) == 2
+    assert "--split-val" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".y.jsonl*"))  # no temporary files left behind
