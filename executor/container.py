@@ -1,7 +1,8 @@
 """One warm, hardened container and the runner process serving jobs inside it.
 
-The container's main process is `sleep infinity` under Docker's init (which reaps orphans); the runner
-is started with `docker exec` and talks over the exec's attached stdin/stdout. An exec gets its own
+The container's main process is `sleep infinity` under Docker's init (which reaps orphans), both owned
+by uid 0 with no capabilities so the unprivileged job cannot kill them; the runner is started as the
+sandbox user with `docker exec` and talks over the exec's attached stdin/stdout. An exec gets its own
 pipes, so nothing a job can reach (not even PID 1's descriptors) leads into the protocol stream.
 
 The host keeps its own deadline on every job: when the runner does not answer in time, or its stream
@@ -75,7 +76,10 @@ def container_options(cfg: SandboxConfig) -> dict:
     scratch = f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"
     return {
         "command": ["sleep", "infinity"],
-        "user": f"{SANDBOX_UID}:{SANDBOX_UID}",
+        # Init and the idle main process run as uid 0 with an empty capability set: the job's user cannot
+        # signal them, so no job can stop the container under the next job. The runner and every job
+        # run as SANDBOX_UID (see the exec below); no-new-privileges stops any way back to uid 0.
+        "user": "0:0",
         "working_dir": "/tmp",
         "network_mode": "none",
         "read_only": True,

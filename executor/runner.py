@@ -353,7 +353,10 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
         outcome = "failed"
 
     anomaly = None
-    if escaped:
+    missing = [pid for pid in protected if not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)]
+    if missing:
+        anomaly = f"container process(es) {missing} died during the job"
+    elif escaped:
         anomaly = f"{escaped} process(es) escaped the job's process group and were killed"
     elif not scratch_clean:
         anomaly = "scratch space could not be emptied"
