@@ -129,11 +129,11 @@ def _run(args: argparse.Namespace) -> int:
                 progress.update(1)
                 progress.set_postfix(passed=counts["passed"], refresh=False)
                 while reported < len(errors):
-                    progress.write(f"skipped {errors[reported]}")
+                    progress.write(f"skipped {errors[reported]}", file=sys.stderr)
                     progress.update(1)
                     reported += 1
             while reported < len(errors):
-                progress.write(f"skipped {errors[reported]}")
+                progress.write(f"skipped {errors[reported]}", file=sys.stderr)
                 progress.update(1)
                 reported += 1
     finally:

@@ -1,0 +1,71 @@
+"""`selfinstruct sandbox ...` as a user runs it: real processes, real files, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.docker]
+
+
+def _selfinstruct(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfinstruct.cli", "sandbox", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def _write_jobs(path: Path) -> None:
+    good = [
+        {"id": "ok", "solution": "def f():\n    return 1\n", "tests": ["assert f() == 1"]},
+        {"id": "wrong", "solution": "def f():\n    return 2\n", "tests": ["assert f() == 1"]},
+        {"id": "exits", "solution": "import sys\nsys.exit(0)\n", "tests": ["assert f() == 1"]},
+    ]
+    lines = [json.dumps(good[0]).encode(), b"{not json", json.dumps({"id": "no-tests-field", "solution": ""}).encode(),
+             json.dumps(good[1]).encode(), b"\xff\xfe\xfd", b"", json.dumps(good[2]).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+@pytest.mark.timeout(180)
+def test_run_writes_every_good_line_and_reports_bad_ones(sandbox_image, tmp_path):
+    jobs, results_path = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
+    _write_jobs(jobs)
+    proc = _selfinstruct("run", str(jobs), "-o", str(results_path), "--workers", "2", "--timeout", "5")
+    assert proc.returncode == 1, proc.stderr
+    results = {row["id"]: row for row in map(json.loads, results_path.read_text().splitlines())}
+    assert {k: v["outcome"] for k, v in results.items()} == {"ok": "passed", "wrong": "failed", "exits": "error"}
+    assert set(results["ok"]) >= {"id", "outcome", "tests", "duration_ms", "stdout", "stderr"}
+    assert results["ok"]["tests"] == [{"passed": True, "error": None}]
+    assert f"{jobs}:2:" in proc.stderr and f"{jobs}:3: tests" in proc.stderr and f"{jobs}:5:" in proc.stderr
+    assert "3 malformed line(s) skipped" in proc.stderr and "Traceback" not in proc.stderr
+
+    again = _selfinstruct("run", str(jobs), "-o", str(results_path), "--resume")
+    assert "3 already done" in again.stderr
+    assert len(results_path.read_text().splitlines()) == 3
+
+
+def test_no_daemon_is_one_line(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "solution": "", "tests": ["assert True"]}) + "\n")
+    proc = _selfinstruct("run", str(jobs), env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"}, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Docker daemon")
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_image_and_missing_file_are_one_line(sandbox_image, tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(json.dumps({"id": "a", "solution": "", "tests": ["assert True"]}) + "\n")
+    proc = _selfinstruct("run", str(jobs), "--image", "selfinstruct-sandbox:nope", timeout=60)
+    assert proc.returncode == 2 and "selfinstruct sandbox build" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _selfinstruct("run", str(tmp_path / "absent.jsonl"), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: jobs file not found")
+
+
+@pytest.mark.timeout(60)
+def test_build_is_quick_when_the_image_exists(sandbox_image):
+    proc = _selfinstruct("build", timeout=60)
+    assert proc.returncode == 0 and "sandbox image present" in proc.stderr

@@ -1,0 +1,106 @@
+"""The pool's contract: ordering, thread safety, limits, output handling, container lifecycle, errors."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from executor.config import CONTAINER_LABEL, SandboxConfig
+from executor.container import OWNER_LABEL
+from executor.jobs import Job, Result
+from executor.sandbox import Sandbox
+from selfinstruct.errors import UserError
+
+pytestmark = [pytest.mark.docker]
+
+
+def _identity_job(index: int) -> Job:
+    return Job(id=f"job-{index}", solution=f"def value():\n    return {index}\n",
+               tests=[f"assert value() == {index}", f"assert value() != {index}"])
+
+
+@pytest.mark.timeout(120)
+def test_results_keep_job_order_across_threads(sandbox):
+    outputs: dict[int, list] = {}
+
+    def worker(offset: int) -> None:
+        outputs[offset] = sandbox.run([_identity_job(offset + i) for i in range(15)])
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in (0, 100, 200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for offset, results in outputs.items():
+        assert [r.id for r in results] == [f"job-{offset + i}" for i in range(15)]
+        assert all(r.outcome == "failed" and [t.passed for t in r.tests] == [True, False] for r in results)
+        assert results[0].tests[1].error == f"AssertionError: {offset} != {offset} is false"
+
+
+@pytest.mark.timeout(60)
+def test_per_job_timeout_override_and_streaming_results(sandbox):
+    slow = Job(id="slow", solution="import time\ntime.sleep(30)", tests=["assert True"], timeout_s=0.5)
+    fast = Job(id="fast", solution="", tests=["assert 1 + 1 == 2"])
+    started = time.monotonic()
+    results = {r.id: r for r in sandbox.iter_results([slow, fast])}
+    assert results["slow"].outcome == "timeout" and results["fast"].outcome == "passed"
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.timeout(60)
+def test_output_is_truncated_and_non_utf8_is_replaced(sandbox):
+    job = Job(id="noisy", solution="import os, sys\nprint('a' * 20000)\nsys.stdout.flush()\nos.write(2, b'\\xff\\xfe bad')\n",
+              tests=["assert True"])
+    (result,) = sandbox.run([job])
+    assert result.outcome == "passed"
+    assert result.stdout.startswith("a" * 4096) and "more bytes not kept" in result.stdout
+    assert len(result.stdout) < 4200
+    assert "\ufffd\ufffd bad" in result.stderr
+    assert Result.model_validate_json(result.model_dump_json()) == result  # JSON-safe despite the bad bytes
+
+
+@pytest.mark.timeout(60)
+def test_a_job_without_tests_cannot_pass(sandbox):
+    (result,) = sandbox.run([Job(id="empty", solution="x = 1", tests=[])])
+    assert result.outcome == "error"
+
+
+@pytest.mark.timeout(120)
+def test_containers_are_recycled_after_k_jobs(sandbox_image, docker_client):
+    with Sandbox(SandboxConfig(workers=1, recycle_after=2), client=docker_client) as pool:
+        results = pool.run([_identity_job(i) for i in range(5)])
+        assert [r.outcome for r in results] == ["failed"] * 5
+        assert pool.replaced == 2
+
+
+@pytest.mark.timeout(120)
+def test_stale_containers_are_removed_at_start_and_own_ones_at_exit(sandbox_image, docker_client):
+    dead_owner = f"{socket.gethostname()}:999999999:1"
+    foreign_owner = "some-other-host:1:1"
+    stale = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True,
+                                         labels={CONTAINER_LABEL: "1", OWNER_LABEL: dead_owner})
+    foreign = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True,
+                                           labels={CONTAINER_LABEL: "1", OWNER_LABEL: foreign_owner})
+    try:
+        with Sandbox(SandboxConfig(workers=1), client=docker_client) as pool:
+            own_names = [c.name for c in pool._live]
+            labeled = {c.id for c in docker_client.containers.list(all=True, filters={"label": CONTAINER_LABEL})}
+            assert stale.id not in labeled and foreign.id in labeled
+        remaining = {c.name for c in docker_client.containers.list(all=True, filters={"label": CONTAINER_LABEL})}
+        assert not remaining & set(own_names)
+    finally:
+        foreign.remove(force=True)
+
+
+def test_missing_image_is_a_user_error(docker_client):
+    with pytest.raises(UserError, match="selfinstruct sandbox build"):
+        Sandbox(SandboxConfig(image="selfinstruct-sandbox:does-not-exist"), client=docker_client).start()
+
+
+def test_missing_daemon_is_a_user_error(monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(UserError, match="cannot reach the Docker daemon"):
+        Sandbox(SandboxConfig(workers=1)).start()
