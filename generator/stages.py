@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.engine import Engine
 
@@ -34,11 +34,13 @@ from executor.jobs import Job, Result
 from generator.backends.base import Backend, BackendError, Completion, GenerationRequest
 from generator.config import PipelineConfig
 from generator.decontam import Decontaminator
-from generator.dedup import NearDeduplicator
 from generator.normalize import problem_hash
 from generator.parsers import parse_problems, parse_solution, parse_tests
 from generator.prompts import SOLUTIONS_STOP, TESTS_STOP, problems_prompt, solutions_prompt, tests_prompt
 from generator.seeds import derive_seed, shown_test_index
+
+if TYPE_CHECKING:
+    from generator.dedup import NearDeduplicator
 
 SANDBOX_RETRIES = 2  # a job whose sandbox failed (not the solution) runs again this often before it is recorded
 
@@ -105,6 +107,8 @@ class ProblemsStage:
         self.accepted = queries.count_problems(engine, run_id, "accepted")
         self.near: NearDeduplicator | None = None
         if self.cfg.near_dup.enabled:
+            from generator.dedup import NearDeduplicator  # datasketch imports scipy: only when asked for
+
             near = self.cfg.near_dup
             self.near = NearDeduplicator(near.threshold, num_perm=near.num_perm, shingle=near.shingle)
             for _, text in queries.existing_problem_texts(engine, run_id, ("accepted",)):

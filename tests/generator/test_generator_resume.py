@@ -1,0 +1,87 @@
+"""Resumability: the driver, SIGKILLed at random moments and restarted, ends exactly like an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.generator.pipeline_helpers import config_dict, duplicate_rows, table_counts, triples, write_config
+from tests.generator.scripted_backend import EXPECTED_TRIPLES
+
+ROOT = Path(__file__).resolve().parents[2]
+KILLS = 6
+
+
+def _driver(config: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "generator", "run", "--config", str(config), "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def _counts(url: str) -> dict[str, int] | None:
+    try:
+        return table_counts(url)
+    except Exception:  # noqa: BLE001 - no database or no schema yet
+        return None
+
+
+def _finish(process: subprocess.Popen, timeout: float = 120) -> None:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_sigkilled_driver_resumes_to_exactly_the_uninterrupted_result(tmp_path, docker_client):
+    # Each backend call takes 0.8 s, so the run lasts long enough for every kill to land mid-run.
+    reference_db = tmp_path / "reference.db"
+    reference = write_config(tmp_path / "reference.yaml", config_dict(reference_db, delay_s=0.8))
+    _finish(_driver(reference))
+    reference_url = f"sqlite:///{reference_db}"
+    expected = triples(reference_url, "e2e")
+    assert {(text, code) for text, code, _ in expected} == EXPECTED_TRIPLES
+
+    killed_db = tmp_path / "killed.db"
+    killed = write_config(tmp_path / "killed.yaml", config_dict(killed_db, delay_s=0.8))
+    killed_url = f"sqlite:///{killed_db}"
+    rng = random.Random(7)
+    kills, seen = 0, []
+    while kills < KILLS:
+        process = _driver(killed)
+        # Kill at a random moment after the run has made some progress since the last kill, so the
+        # kills land all through the run (startup, each stage, between and inside batches).
+        deadline = time.monotonic() + 90
+        while process.poll() is None and time.monotonic() < deadline:
+            if _counts(killed_url) not in (None, *seen[-1:]):
+                break
+            time.sleep(0.1)
+        time.sleep(rng.uniform(0.0, 1.5))
+        if process.poll() is not None:
+            break  # it finished before the kill: too few kills (asserted below)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        kills += 1
+        seen.append(_counts(killed_url))
+    print("table counts after each kill:", *seen, sep="\n  ")
+    assert kills >= 5, f"the run finished after {kills} kills; make the backend slower"
+    assert len(set(map(str, seen))) == kills, seen  # each kill found the run further along
+
+    _finish(_driver(killed))
+    assert triples(killed_url, "e2e") == expected
+    assert table_counts(killed_url) == table_counts(reference_url)
+    assert duplicate_rows(killed_url) == dict.fromkeys(duplicate_rows(killed_url), 0)
+    with sqlite3.connect(killed_db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
