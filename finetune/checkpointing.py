@@ -12,8 +12,11 @@ that looks whole.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +82,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+@contextlib.contextmanager
+def _single_process_quiet(info: DistInfo) -> Iterator[None]:
+    """DCP warns that it assumes one process when there is no process group; here that is intended."""
+    with warnings.catch_warnings():
+        if not info.distributed:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState,
                     info: DistInfo, keep: int) -> Path:
     """Write a complete checkpoint for `state.step` (all processes call this) and prune old ones."""
@@ -89,7 +101,8 @@ def save_checkpoint(out_dir: str | Path, model: nn.Module, optimizer: torch.opti
         tmp.mkdir(parents=True)
     barrier(info)
     model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "state"))
+    with _single_process_quiet(info):
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp / "state"))
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{info.rank}.pt")
     barrier(info)
@@ -126,7 +139,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     model_state, optim_state = get_state_dict(model, optimizer)
     bundle = {"model": model_state, "optim": optim_state}
     try:
-        dcp.load(bundle, checkpoint_id=str(path / "state"))
+        with _single_process_quiet(info):
+            dcp.load(bundle, checkpoint_id=str(path / "state"))
     except Exception as exc:  # noqa: BLE001 - DCP wraps shape and key errors in several exception types
         raise UserError(f"{path / 'state'}: cannot restore model/optimizer ({exc.__class__.__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -12,17 +12,22 @@ import pytest
 from finetune.config import FinetuneConfig, load_config
 
 
+NAMES = ("scale", "grow", "boost", "stretch", "amplify", "enlarge", "expand", "magnify", "raise", "lift",
+         "pump", "swell")
+
+
 def instruct_rows(n: int, seed: int = 0) -> list[dict]:
-    """`jsonl` export rows: small, distinct problems with one-line solutions."""
+    """`jsonl` export rows: small problems, distinct from their first words on, with one-line solutions."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         k = rng.randint(2, 97)
+        name = NAMES[i % len(NAMES)] + (f"_{i // len(NAMES)}" if i >= len(NAMES) else "")
         rows.append({
             "id": f"t{i}",
-            "problem": f"Write a function f{i}(x) that returns x times {k}.",
-            "tests": [f"assert f{i}(1) == {k}"],
-            "solution": f"def f{i}(x):\n    return x * {k}",
+            "problem": f"Write a function {name}(x) that returns x times {k}.",
+            "tests": [f"assert {name}(1) == {k}"],
+            "solution": f"def {name}(x):\n    return x * {k}",
             "provenance": {"run": "test", "sample": 0},
         })
     return rows

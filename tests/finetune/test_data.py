@@ -16,17 +16,17 @@ def test_jsonl_row_becomes_paper_answer_format(tmp_path):
     path = write_jsonl(tmp_path / "e.jsonl", instruct_rows(1))
     (example,) = read_export(path)
     assert example.messages == [
-        {"role": "user", "content": "Write a function f0(x) that returns x times 51."},
-        {"role": "assistant", "content": "[PYTHON]\ndef f0(x):\n    return x * 51\n[/PYTHON]"},
+        {"role": "user", "content": "Write a function scale(x) that returns x times 51."},
+        {"role": "assistant", "content": "[PYTHON]\ndef scale(x):\n    return x * 51\n[/PYTHON]"},
     ]
-    assert chat_text(example.messages) == ("<s>[INST] Write a function f0(x) that returns x times 51. [/INST] "
-                                           "[PYTHON]\ndef f0(x):\n    return x * 51\n[/PYTHON] </s>")
+    assert chat_text(example.messages) == ("<s>[INST] Write a function scale(x) that returns x times 51. [/INST] "
+                                           "[PYTHON]\ndef scale(x):\n    return x * 51\n[/PYTHON] </s>")
 
 
 def test_answer_format_is_configurable(tmp_path):
     path = write_jsonl(tmp_path / "e.jsonl", instruct_rows(1))
     (example,) = read_export(path, answer_format="```python\n{solution}\n```")
-    assert example.messages[1]["content"] == "```python\ndef f0(x):\n    return x * 51\n```"
+    assert example.messages[1]["content"] == "```python\ndef scale(x):\n    return x * 51\n```"
 
 
 def test_chat_format_rows_are_read_as_is(tmp_path):
@@ -44,13 +44,13 @@ def test_template_token_ids_are_pinned(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "e.jsonl", instruct_rows(1))
     (example,) = read_export(path)
     doc = tokenize_example(tokenizer, example)
-    prompt = "[INST] Write a function f0(x) that returns x times 51. [/INST]"
-    whole = prompt + " [PYTHON]\ndef f0(x):\n    return x * 51\n[/PYTHON] "
+    prompt = "[INST] Write a function scale(x) that returns x times 51. [/INST]"
+    whole = prompt + " [PYTHON]\ndef scale(x):\n    return x * 51\n[/PYTHON] "
     expected = [tokenizer.bos_id] + tokenizer.sp.encode(whole) + [tokenizer.eos_id]
     assert doc.ids == expected
     n_prompt = 1 + len(tokenizer.sp.encode(prompt))
     assert doc.trained == [False] * n_prompt + [True] * (len(expected) - n_prompt)
-    assert tokenizer.decode(doc.ids[n_prompt:]).strip() == "[PYTHON]\ndef f0(x):\n    return x * 51\n[/PYTHON]"
+    assert tokenizer.decode(doc.ids[n_prompt:]).strip() == "[PYTHON]\ndef scale(x):\n    return x * 51\n[/PYTHON]"
     assert doc.ids[-1] == tokenizer.eos_id and doc.trained[-1]
 
 
