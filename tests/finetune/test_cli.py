@@ -1,0 +1,54 @@
+"""`selfinstruct finetune`: a real run from the command line, and user errors as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from finetune.cli import main
+
+
+def _run(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfinstruct", "finetune", *args], capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+@pytest.mark.timeout(150)
+def test_cli_runs_a_config_file_with_overrides(tmp_path, tiny_checkpoint, export_file):
+    (tmp_path / "ft.yaml").write_text(
+        "data:\n  seq_len: 256\n  rehearsal: []\n  packing: false\n"
+        "optim:\n  lr: 3.0e-3\n  warmup_steps: 1\n"
+        "train:\n  max_steps: 50\n  batch_size: 2\n  log_every: 1\n  progress: false\n  device: cpu\n")
+    proc = _run("--config", "ft.yaml", "--data", str(export_file), "--model", str(tiny_checkpoint), "--out", "out",
+                "--set", "train.max_steps=3", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["out_dir"] == str(tmp_path / "out")
+    assert "fine-tuning run" in proc.stderr
+    assert (tmp_path / "out" / "hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "optim.lr=-1"], "invalid fine-tuning config (defaults): optim.lr: Input should be greater than 0"),
+    (["--set", "nonsense"], "--set expects key=value"),
+    (["--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["--set", "data.rehearsal=[{name: c, kind: code, proportion: 0.7}, {name: t, kind: text, proportion: 0.4}]"],
+     "rehearsal proportions must add up to less than 1"),
+])
+def test_bad_configuration_is_one_line(tmp_path, args, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.timeout(60)
+def test_bad_export_line_from_the_command_line(tmp_path, tiny_checkpoint):
+    (tmp_path / "bad.jsonl").write_text('{"id": 1, "problem": "p", "solution": "s"}\n{oops\n')
+    proc = _run("--data", "bad.jsonl", "--model", str(tiny_checkpoint), "--out", "o", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {tmp_path / 'bad.jsonl'}:2: not valid JSON (Expecting property name " \
+                                  "enclosed in double quotes)"
