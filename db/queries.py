@@ -214,7 +214,7 @@ def record_problem_call(engine: Engine, run_id: int, call: LLMCallRecord, proble
                 inserted=prev.items_inserted or 0,
                 duplicates=prev.items_duplicate or 0,
             )
-        call_id = int(inserted[0].id)
+        call_id = int(inserted[0][0])
         problem_rows = [
             dict(
                 run_id=run_id,
@@ -250,7 +250,7 @@ def pending_tests(engine: Engine, run_id: int, limit: int) -> list[ProblemRow]:
             .order_by(problems_t.c.id)
             .limit(limit)
         )
-        return [ProblemRow(id=r.id, text=r.text) for r in rows]
+        return [ProblemRow.model_construct(id=r.id, text=r.text) for r in rows]
 
 
 _set_tests_status = (
@@ -269,8 +269,7 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
     with write_transaction(engine) as conn:
         _check_problems_in_run(conn, run_id, (it.problem_id for it in items))
         call_rows = [_call_row(run_id, "tests", it.call, item_key=problem_key(it.problem_id), sample_index=0) for it in items]
-        inserted = insert_ignore(conn, calls_t, call_rows, returning=[calls_t.c.id, calls_t.c.item_key])
-        new_keys = {r.item_key for r in inserted}
+        new_keys = {key for (key,) in insert_ignore(conn, calls_t, call_rows, returning=[calls_t.c.item_key])}
         fresh = [it for it in items if problem_key(it.problem_id) in new_keys]
         test_rows = [
             dict(problem_id=it.problem_id, index=i, code=code, shown=(i == it.shown_index))
@@ -315,13 +314,16 @@ def pending_solutions(engine: Engine, run_id: int, limit: int) -> list[ProblemWi
                 .order_by(tests_t.c.problem_id, tests_t.c.index)
             )
             for t in test_rows:
-                tests_by_problem[t.problem_id].append(TestRow(id=t.id, index=t.index, code=t.code, shown=t.shown))
+                # rows straight from the database: construct without re-validating (hot path)
+                tests_by_problem[t.problem_id].append(
+                    TestRow.model_construct(id=t.id, index=t.index, code=t.code, shown=bool(t.shown))
+                )
     out = []
     for p in problems:
         tests = tests_by_problem.get(p.id, [])
         shown = next((t for t in tests if t.shown), None)
         if shown is not None:
-            out.append(ProblemWithTests(id=p.id, text=p.text, tests=tests, shown_test=shown))
+            out.append(ProblemWithTests.model_construct(id=p.id, text=p.text, tests=tests, shown_test=shown))
     return out
 
 
@@ -348,7 +350,7 @@ def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutco
         inserted = insert_ignore(
             conn, calls_t, call_rows, returning=[calls_t.c.id, calls_t.c.item_key, calls_t.c.sample_index]
         )
-        call_ids = {(r.item_key, r.sample_index): r.id for r in inserted}
+        call_ids = {(key, index): call_id for call_id, key, index in inserted}
         solution_rows = []
         fresh_ids: set[int] = set()
         for it in items:
@@ -421,7 +423,10 @@ def pending_executions(engine: Engine, run_id: int, limit: int, *, after_solutio
             )
             for r in rows:
                 tests[r.problem_id].append(r.code)
-    return [ExecutionJob(solution_id=s.id, problem_id=s.problem_id, code=s.code, tests=tests[s.problem_id]) for s in sols]
+    return [
+        ExecutionJob.model_construct(solution_id=s.id, problem_id=s.problem_id, code=s.code, tests=tests[s.problem_id])
+        for s in sols
+    ]
 
 
 def _truncate(text: str) -> str:
@@ -455,7 +460,7 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
             dict(
                 solution_id=sid,
                 outcome=res.outcome,
-                tests=[t.model_dump() for t in res.tests],
+                tests=[{"passed": t.passed, "error": t.error} for t in res.tests],
                 tests_passed=res.tests_passed,
                 tests_total=max(totals[sid], len(res.tests)),
                 duration_ms=res.duration_ms,

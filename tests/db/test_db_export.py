@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from db import queries
-from db.export import ExportFilter, answer_text, export, is_validation, iter_triples, main, row_id, val_path
+from db.export import ChatRow, ExportFilter, JsonlRow, answer_text, export, is_validation, iter_triples, main, row_id, val_path
 from db.models import Execution, Problem, Triple
 from db_workload import run_pipeline
 from model.chat import chat_text, prompt_answer_text
@@ -36,6 +36,8 @@ def test_jsonl_rows_carry_problem_tests_solution_and_provenance(two_runs: sa.Eng
             sa.select(sa.func.count()).select_from(Triple).where(Triple.run_id == queries.get_run_id(two_runs, "run-a"))
         )
     assert stats.train == len(rows) == n_triples > 0
+    for r in rows:
+        JsonlRow.model_validate(r)  # every row has the documented schema
     row = rows[0]
     assert set(row) == {"id", "problem", "tests", "solution", "provenance"}
     assert row["problem"].startswith("Write a function f") and len(row["tests"]) == 3
@@ -70,6 +72,8 @@ def test_chat_rows_are_exact_llama2_chat(two_runs: sa.Engine, tmp_path: Path) ->
     rows = read_jsonl(out)
     assert rows
     for row in rows:
+        ChatRow.model_validate(row)
+        assert set(row) == set(ChatRow.model_fields)
         user, assistant = row["messages"]
         assert user["role"] == "user" and assistant["role"] == "assistant"
         assert assistant["content"].startswith("[PYTHON]\n") and assistant["content"].endswith("\n[/PYTHON]")

@@ -1,0 +1,259 @@
+"""Benchmark: the stage queries' batched writes vs one ORM add/commit per row, and export rows/s.
+
+    .venv/bin/python bench/db.py                       # 5k problems x 10 samples, SQLite (+ PostgreSQL if
+                                                       #   $SELFINSTRUCT_TEST_PG_URL is set); a couple of minutes
+    .venv/bin/python bench/db.py --problems 100000     # the issue's size: 100k problems, 1M solutions/executions
+
+A whole synthetic run goes through the real stage queries, batch by batch as the pipeline drives them
+(pending_* then record_*, one transaction per batch): problem calls of 50 questions, 5 tests per
+problem, n=10 solutions (each with its LLM-call row), one execution per solution, selection, then a
+JSONL export. The baseline inserts a sample of the same rows with one `session.add` + `commit` per row
+(the naive ORM way); ratios are rows/s of the batched path over rows/s of the baseline, per table.
+Prints ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sqlalchemy as sa  # noqa: E402
+
+from db import queries as q  # noqa: E402
+from db.engine import init_db, make_engine, session  # noqa: E402
+from db.models import Execution, Problem, Solution  # noqa: E402
+from db.records import (  # noqa: E402
+    LLMCallRecord,
+    NewProblem,
+    SolutionSample,
+    SolutionsOutcome,
+    TestsOutcome,
+    problem_call_key,
+    text_hash,
+)
+from executor.jobs import Result, TestResult  # noqa: E402
+
+PER_CALL = 50
+N_TESTS = 5
+PARAMS = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 512, "stop": ["[/PYTHON]"], "n": 10}
+
+
+def _call(key: str = "", i: int = 0, completion: str = "") -> LLMCallRecord:
+    return LLMCallRecord(
+        item_key=key, sample_index=i, model="codellama-7b-instruct", prompt="[INST] Problem: ... [/INST]",
+        completion=completion, params=PARAMS, seed=17, prompt_tokens=180, completion_tokens=90, latency_s=1.2,
+    )
+
+
+def _code(pid: int, i: int) -> str:
+    return f"def solve(xs):\n    # problem {pid} sample {i}\n    return sorted(set(xs))\n"
+
+
+class Timer:
+    """Accumulates the seconds spent inside the record_* calls (the inserts), apart from the rest."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args):  # noqa: ANN001, ANN204
+        start = time.perf_counter()
+        out = fn(*args)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return out
+
+
+def bulk_run(engine: sa.Engine, n_problems: int, n_samples: int, batch: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The batched path: (seconds per stage end to end with row counts, seconds inside record_* per stage)."""
+    t: dict[str, float] = {}
+    rec = Timer()
+    run_id = q.start_run(engine, f"bench-{uuid.uuid4().hex[:6]}", {"bench": True}, "fp", "bench")
+    start = time.perf_counter()
+    for c in range(n_problems // PER_CALL):
+        problems = []
+        for j in range(PER_CALL):
+            text = f"Write a Python function that solves task {c * PER_CALL + j} of the benchmark, given a list of integers."
+            problems.append(NewProblem(text=text, norm_hash=text_hash(text)))
+        rec("problems", q.record_problem_call, engine, run_id, _call(problem_call_key(c), completion="1. ..."), problems)
+    t["problems_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    tests = [f"assert solve([{k}, 1, {k}]) == sorted({{{k}, 1}})" for k in range(N_TESTS)]
+    while pending := q.pending_tests(engine, run_id, batch):
+        rec(
+            "tests", q.record_tests, engine, run_id, [TestsOutcome(problem_id=p.id, call=_call(completion="[TESTS]"), tests=tests, shown_index=p.id % N_TESTS) for p in pending]
+        )
+    t["tests_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    while pend := q.pending_solutions(engine, run_id, max(1, batch // n_samples)):
+        items = []
+        for p in pend:
+            samples = [
+                SolutionSample(call=_call(i=i, completion="[PYTHON]..."), code=_code(p.id, i), parse_status="ok")
+                if i % 7
+                else SolutionSample(call=_call(i=i, completion="oops"), code=None, parse_status="no_tags")
+                for i in range(n_samples)
+            ]
+            items.append(SolutionsOutcome(problem_id=p.id, shown_test_id=p.shown_test.id, samples=samples))
+        rec("solutions", q.record_solutions, engine, run_id, items)
+    t["solutions_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    last = 0
+    passed = Result(id="", outcome="passed", tests=[TestResult(passed=True)] * N_TESTS, duration_ms=3.1, image_digest="sha256:bench")
+    failed = Result(
+        id="", outcome="failed", tests=[TestResult(passed=False, error="AssertionError")] * N_TESTS, duration_ms=2.9,
+        stderr="Traceback ...\nAssertionError", image_digest="sha256:bench",
+    )
+    while jobs := q.pending_executions(engine, run_id, batch, after_solution_id=last):
+        rec("executions", q.record_executions, engine, [(j.solution_id, passed if j.solution_id % 3 == 0 else failed) for j in jobs])
+        last = jobs[-1].solution_id
+    t["executions_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    t["triples"] = q.select_triples(engine, run_id)
+    t["select_s"] = time.perf_counter() - start
+    f = q.funnel(engine, run_id)
+    t["problems"] = f["problems"]["accepted"]
+    t["solutions"] = f["solutions"]["samples"]
+    t["executions"] = f["executions"]["executed"]
+    return t, rec.seconds
+
+
+def per_row_baseline(engine: sa.Engine, rows: int) -> dict[str, float]:
+    """One ORM add + commit per row (rows/s per table), on the same database."""
+    run_id = q.start_run(engine, f"baseline-{uuid.uuid4().hex[:6]}", {}, "fp", "bench")
+    out: dict[str, float] = {}
+    ids: list[int] = []
+    start = time.perf_counter()
+    for i in range(rows):
+        text = f"baseline problem {uuid.uuid4().hex}"
+        with session(engine) as s:
+            p = Problem(run_id=run_id, text=text, norm_hash=text_hash(text), status="accepted", tests_status="pending", solutions_status="pending")
+            s.add(p)
+            s.flush()
+            ids.append(p.id)
+    out["problems_rows_s"] = rows / (time.perf_counter() - start)
+    sol_ids: list[int] = []
+    start = time.perf_counter()
+    for i in range(rows):
+        with session(engine) as s:
+            sol = Solution(problem_id=ids[i // 10], sample_index=i % 10, code=_code(i, 0), parse_status="ok")
+            s.add(sol)
+            s.flush()
+            sol_ids.append(sol.id)
+    out["solutions_rows_s"] = rows / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for sid in sol_ids:
+        with session(engine) as s:
+            s.add(
+                Execution(
+                    solution_id=sid, outcome="passed", tests=[{"passed": True, "error": None}] * N_TESTS, tests_passed=N_TESTS,
+                    tests_total=N_TESTS, duration_ms=3.1, stdout="", stderr="", image_digest="sha256:bench",
+                )
+            )
+    out["executions_rows_s"] = rows / (time.perf_counter() - start)
+    return out
+
+
+def export_bench(url: str, out_dir: Path) -> dict[str, float]:
+    """Export every triple as JSONL in a child process: rows/s and the child's peak RSS."""
+    out = out_dir / f"export-{uuid.uuid4().hex[:6]}.jsonl"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "db", "export", "--db", url, "--format", "jsonl", "--out", str(out), "--split-val", "0.05"],
+        capture_output=True, text=True, check=True,
+    )
+    wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    rows = sum(1 for _ in open(out)) + sum(1 for _ in open(out.with_name(out.stem + ".val.jsonl")))
+    # rows/s of the export itself, without interpreter start-up: time the same export in-process too
+    from db.export import ExportFilter, export
+
+    engine = make_engine(url)
+    start = time.perf_counter()
+    stats = export(engine, out_dir / "inproc.jsonl", fmt="jsonl", flt=ExportFilter(), split_val=0.05)
+    inproc = time.perf_counter() - start
+    start = time.perf_counter()
+    export(engine, out_dir / "inproc-chat.jsonl", fmt="chat", flt=ExportFilter(), split_val=0.05)
+    chat = time.perf_counter() - start
+    engine.dispose()
+    assert stats.rows == rows, (stats, rows, proc.stdout)
+    return {
+        "rows": rows,
+        "jsonl_rows_s": rows / inproc,
+        "chat_rows_s": rows / chat,
+        "cli_wall_s": wall,
+        "cli_peak_rss_mb": max(rss, before) / 1024,
+    }
+
+
+def bench_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) -> dict:
+    engine = make_engine(url)
+    init_db(engine)
+    bulk, record_s = bulk_run(engine, args.problems, args.samples, args.batch)
+    base = per_row_baseline(engine, args.per_row)
+    engine.dispose()
+    tables = ("problems", "solutions", "executions")
+    # the inserts: rows/s inside record_* (solutions: each with its LLM-call row, so 2 rows written)
+    insert_rates = {k: bulk[k] / record_s[k] for k in tables}
+    # the whole stage as the pipeline drives it: pending_* queries, building the records, record_*
+    stage_rates = {k: bulk[k] / bulk[f"{k}_s"] for k in tables}
+    res = {
+        "rows": {k: int(bulk[k]) for k in (*tables, "triples")},
+        "stage_seconds": {k: round(v, 2) for k, v in bulk.items() if k.endswith("_s")},
+        "record_seconds": {k: round(v, 2) for k, v in record_s.items()},
+        "batched_insert_rows_s": {k: round(v) for k, v in insert_rates.items()},
+        "stage_rows_s": {k: round(v) for k, v in stage_rates.items()},
+        "per_row_orm_rows_s": {k.removesuffix("_rows_s"): round(v) for k, v in base.items()},
+        "speedup_insert": {k: round(insert_rates[k] / base[f"{k}_rows_s"], 1) for k in tables},
+        "speedup_stage": {k: round(stage_rates[k] / base[f"{k}_rows_s"], 1) for k in tables},
+    }
+    if not args.no_export:
+        res["export"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in export_bench(url, tmp).items()}
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--problems", type=int, default=5000, help="problems (multiple of 50); the issue's full size is 100000")
+    ap.add_argument("--samples", type=int, default=10, help="solutions per problem")
+    ap.add_argument("--batch", type=int, default=1000, help="rows per pending/record batch")
+    ap.add_argument("--per-row", type=int, default=1000, help="rows per table for the one-commit-per-row baseline")
+    ap.add_argument("--pg-url", default=os.environ.get("SELFINSTRUCT_TEST_PG_URL"), help="PostgreSQL URL (a fresh schema is made and dropped)")
+    ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--no-export", action="store_true")
+    args = ap.parse_args()
+    result: dict = {"bench": "db", "problems": args.problems, "samples": args.samples, "batch": args.batch, "per_row": args.per_row}
+    with tempfile.TemporaryDirectory(prefix="bench-db-") as d:
+        tmp = Path(d)
+        result["sqlite"] = bench_backend("sqlite", f"sqlite:///{tmp / 'bench.db'}", args, tmp)
+        if args.pg_url and not args.no_pg:
+            schema = f"bench_{uuid.uuid4().hex[:8]}"
+            admin = sa.create_engine(args.pg_url)
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+            try:
+                sep = "&" if "?" in args.pg_url else "?"
+                result["postgresql"] = bench_backend("postgresql", f"{args.pg_url}{sep}options=-csearch_path%3D{schema}", args, tmp)
+            finally:
+                with admin.begin() as conn:
+                    conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+                admin.dispose()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
