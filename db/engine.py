@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from selfinstruct.errors import UserError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_CACHE_KIB = 32_768  # the default 2 MiB thrashes on the unique indexes of million-row tables
 PG_CONNECT_TIMEOUT_S = 10
 # Connections of an engine carrying this execution option open SQLite transactions with BEGIN IMMEDIATE.
 _WRITE_OPTION = "selfinstruct_write"
@@ -95,6 +96,7 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
         if not in_memory:
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # page cache per connection, in KiB
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 

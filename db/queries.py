@@ -483,13 +483,19 @@ def _choose(rule: SelectionRule, seed: int, problem_id: int, passing: list[tuple
     return random.Random(f"{seed}:{problem_id}").choice(passing)[1]
 
 
-def select_triples(engine: Engine, run_id: int, rule: SelectionRule = "first", seed: int = 0) -> int:
+def select_triples(
+    engine: Engine, run_id: int, rule: SelectionRule = "first", seed: int = 0, *, problem_ids: Iterable[int] | None = None
+) -> int:
     """Give one triple to each problem whose parsed solutions have all been executed and at least one
     of which passed; returns the number of triples added now.
 
     "first" keeps the passing solution with the lowest sample_index (the Code Llama rule); "random" a
     passing one chosen deterministically from `seed` and the problem id (the StarCoder2-Instruct
     rule). Problems that already have a triple keep it, so reruns add nothing.
+
+    Without `problem_ids` every problem of the run is considered (a scan of the run); a caller that
+    selects after each execution batch should pass the batch's problem ids, which makes the cost
+    proportional to the batch.
     """
     if rule not in ("first", "random"):
         raise ValueError(f"unknown selection rule {rule!r}")
@@ -517,6 +523,11 @@ def select_triples(engine: Engine, run_id: int, rule: SelectionRule = "first", s
         .order_by(problems_t.c.id)
         .limit(_CHUNK)
     )
+    if problem_ids is not None:
+        ids = sorted(set(problem_ids))
+        if not ids:
+            return 0
+        eligible = eligible.where(problems_t.c.id.in_(ids))
     added, last_id = 0, 0
     with write_transaction(engine) as conn:
         # Keyset pages of problems: memory stays flat, and the triples written for one page lie

@@ -282,3 +282,15 @@ def test_funnel_counts_tokens_per_stage(engine: sa.Engine) -> None:
     assert tokens["solutions"]["completion_tokens"] == 24
     p = q.funnel(engine, run_id)["problems"]
     assert (p["calls"], p["parsed"], p["accepted"]) == (1, 2, 2)
+
+
+def test_select_triples_for_given_problems_only(engine: sa.Engine) -> None:
+    run_id = setup_problems(engine, ["P1", "P2", "P3"])
+    add_tests(engine, run_id, n_tests=1, shown=0)
+    add_solutions(engine, run_id, ["a = 1"])
+    jobs = q.pending_executions(engine, run_id, 10)
+    q.record_executions(engine, [(j.solution_id, result("passed", [True])) for j in jobs])
+    assert q.select_triples(engine, run_id, problem_ids=[]) == 0
+    assert q.select_triples(engine, run_id, problem_ids=[jobs[0].problem_id, jobs[1].problem_id]) == 2
+    assert q.select_triples(engine, run_id, problem_ids=[jobs[0].problem_id]) == 0
+    assert q.select_triples(engine, run_id) == 1
