@@ -200,7 +200,9 @@ class Pipeline:
     ) -> None:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
+        # Bars on a terminal; elsewhere (a Ray job's log) a progress line every 30 s; False: neither.
         self.show_progress = self.console.is_terminal if progress is None else progress
+        self.progress_lines = progress is None and not self.console.is_terminal
         self.allow_config_change = allow_config_change
         self.plot = plot
         self._resources = Resources(cfg, backends, sandbox)
@@ -348,7 +350,7 @@ class Pipeline:
             while not stop.wait(_MONITOR_S):
                 with contextlib.suppress(Exception):
                     refresh()
-                    if not self.show_progress and time.monotonic() - last_line > 30:
+                    if self.progress_lines and time.monotonic() - last_line > 30:
                         last_line = time.monotonic()
                         self.console.print(
                             "progress: "
