@@ -5,7 +5,8 @@
     .venv/bin/python bench/db.py --problems 100000     # the size: 100k problems, 1M solutions/executions
 
 A whole synthetic run goes through the real stage queries, batch by batch as the pipeline drives them
-(pending_* then record_*, one transaction per batch): problem calls of 50 questions, 5 tests per
+(pending_* then record_*, one transaction per batch): problem calls of 50 questions (recorded
+--batch/50 calls per transaction), 5 tests per
 problem, n=10 solutions (each with its LLM-call row), one execution per solution, selection, then a
 JSONL export. The baseline inserts a sample of the same rows with one `session.add` + `commit` per row
 (the naive ORM way); ratios are rows/s of the batched path over rows/s of the baseline, per table.
@@ -78,12 +79,17 @@ def bulk_run(engine: sa.Engine, n_problems: int, n_samples: int, batch: int) -> 
     rec = Timer()
     run_id = q.start_run(engine, f"bench-{uuid.uuid4().hex[:6]}", {"bench": True}, "fp", "bench")
     start = time.perf_counter()
-    for c in range(n_problems // PER_CALL):
-        problems = []
-        for j in range(PER_CALL):
-            text = f"Write a Python function that solves task {c * PER_CALL + j} of the benchmark, given a list of integers."
-            problems.append(NewProblem(text=text, norm_hash=text_hash(text)))
-        rec("problems", q.record_problem_call, engine, run_id, _call(problem_call_key(c), completion="1. ..."), problems)
+    calls_per_batch = max(1, batch // PER_CALL)
+    n_calls = n_problems // PER_CALL
+    for first in range(0, n_calls, calls_per_batch):
+        items = []
+        for c in range(first, min(n_calls, first + calls_per_batch)):
+            problems = []
+            for j in range(PER_CALL):
+                text = f"Write a Python function that solves task {c * PER_CALL + j} of the benchmark, given a list of integers."
+                problems.append(NewProblem(text=text, norm_hash=text_hash(text)))
+            items.append((_call(problem_call_key(c), completion="1. ..."), problems))
+        rec("problems", q.record_problem_calls, engine, run_id, items)
     t["problems_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

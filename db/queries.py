@@ -193,49 +193,89 @@ def record_problem_call(engine: Engine, run_id: int, call: LLMCallRecord, proble
     unique constraint and counted on the call. Recording a call whose item_key is already recorded
     writes nothing and reports `already_recorded`.
     """
-    if not call.item_key:
-        raise ValueError("a problem-writing call needs an item_key (db.records.problem_call_key)")
+    return record_problem_calls(engine, run_id, [(call, problems)])[0]
+
+
+_set_call_counts = (
+    sa.update(calls_t)
+    .where(calls_t.c.id == sa.bindparam("b_id"))
+    .values(items_inserted=sa.bindparam("b_inserted"), items_duplicate=sa.bindparam("b_duplicate"))
+)
+
+
+def record_problem_calls(
+    engine: Engine, run_id: int, items: Sequence[tuple[LLMCallRecord, Sequence[NewProblem]]]
+) -> list[ProblemCallStats]:
+    """`record_problem_call` for a batch of calls in ONE transaction (one commit for the batch);
+    stats in the order of `items`. Within the batch, a question wins over its duplicates in later calls."""
+    if not items:
+        return []
+    for call, _ in items:
+        if not call.item_key:
+            raise ValueError("a problem-writing call needs an item_key (db.records.problem_call_key)")
+        if call.sample_index != 0:
+            raise ValueError("problem-writing calls are identified by item_key alone: give each sample its own key")
     with write_transaction(engine) as conn:
-        row = _call_row(run_id, "problems", call) | dict(items_parsed=len(problems))
-        inserted = insert_ignore(conn, calls_t, [row], returning=[calls_t.c.id])
-        if not inserted:
-            prev = conn.execute(
-                sa.select(calls_t.c.id, calls_t.c.items_parsed, calls_t.c.items_inserted, calls_t.c.items_duplicate).where(
+        call_rows = [_call_row(run_id, "problems", call) | dict(items_parsed=len(problems)) for call, problems in items]
+        fresh = dict(insert_ignore(conn, calls_t, call_rows, returning=[calls_t.c.item_key, calls_t.c.id]))
+        problem_rows = []
+        for call, problems in items:
+            call_id = fresh.get(call.item_key)
+            if call_id is None:
+                continue
+            problem_rows += [
+                dict(
+                    run_id=run_id,
+                    call_id=call_id,
+                    text=p.text,
+                    norm_hash=p.norm_hash,
+                    status=p.status,
+                    reason=p.reason,
+                    tests_status="pending",
+                    solutions_status="pending",
+                )
+                for p in problems
+            ]
+        inserted_per_call: dict[int, int] = defaultdict(int)
+        for (call_id,) in insert_ignore(conn, problems_t, problem_rows, returning=[problems_t.c.call_id]):
+            inserted_per_call[call_id] += 1
+        counts = [
+            dict(b_id=fresh[call.item_key], b_inserted=inserted_per_call[fresh[call.item_key]],
+                 b_duplicate=len(problems) - inserted_per_call[fresh[call.item_key]])
+            for call, problems in items
+            if call.item_key in fresh
+        ]
+        if counts:
+            conn.execute(_set_call_counts, counts)
+        stored = {
+            r.item_key: r
+            for r in conn.execute(
+                sa.select(
+                    calls_t.c.item_key, calls_t.c.id, calls_t.c.items_parsed, calls_t.c.items_inserted, calls_t.c.items_duplicate
+                ).where(
                     calls_t.c.run_id == run_id,
                     calls_t.c.stage == "problems",
-                    calls_t.c.item_key == call.item_key,
-                    calls_t.c.sample_index == call.sample_index,
+                    calls_t.c.item_key.in_([call.item_key for call, _ in items]),
+                    calls_t.c.sample_index == 0,
                 )
-            ).one()
-            return ProblemCallStats(
-                call_id=prev.id,
-                already_recorded=True,
-                parsed=prev.items_parsed or 0,
-                inserted=prev.items_inserted or 0,
-                duplicates=prev.items_duplicate or 0,
             )
-        call_id = int(inserted[0][0])
-        problem_rows = [
-            dict(
-                run_id=run_id,
-                call_id=call_id,
-                text=p.text,
-                norm_hash=p.norm_hash,
-                status=p.status,
-                reason=p.reason,
-                tests_status="pending",
-                solutions_status="pending",
+        }
+    stats = []
+    seen: set[str] = set()
+    for call, problems in items:
+        r = stored[call.item_key]
+        new = call.item_key in fresh and call.item_key not in seen
+        seen.add(call.item_key)
+        stats.append(
+            ProblemCallStats(
+                call_id=r.id,
+                already_recorded=not new,
+                parsed=r.items_parsed or 0,
+                inserted=r.items_inserted or 0,
+                duplicates=r.items_duplicate or 0,
             )
-            for p in problems
-        ]
-        n_inserted = len(insert_ignore(conn, problems_t, problem_rows, returning=[problems_t.c.id]))
-        duplicates = len(problems) - n_inserted
-        conn.execute(
-            sa.update(calls_t).where(calls_t.c.id == call_id).values(items_inserted=n_inserted, items_duplicate=duplicates)
         )
-    return ProblemCallStats(
-        call_id=call_id, already_recorded=False, parsed=len(problems), inserted=n_inserted, duplicates=duplicates
-    )
+    return stats
 
 
 # --- tests ---------------------------------------------------------------------------------------

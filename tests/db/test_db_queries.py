@@ -294,3 +294,25 @@ def test_select_triples_for_given_problems_only(engine: sa.Engine) -> None:
     assert q.select_triples(engine, run_id, problem_ids=[jobs[0].problem_id, jobs[1].problem_id]) == 2
     assert q.select_triples(engine, run_id, problem_ids=[jobs[0].problem_id]) == 0
     assert q.select_triples(engine, run_id) == 1
+
+
+def test_problem_calls_in_one_batch(engine: sa.Engine) -> None:
+    run_id = q.start_run(engine, "r", {}, "fp", "v")
+    q.record_problem_call(engine, run_id, call("call-0"), [problem("A")])
+    stats = q.record_problem_calls(
+        engine,
+        run_id,
+        [
+            (call("call-1"), [problem("B"), problem("C"), problem("A")]),
+            (call("call-0"), [problem("Z")]),  # recorded before
+            (call("call-2"), [problem("C"), problem("D")]),  # C is a duplicate of call-1's
+        ],
+    )
+    assert [(s.already_recorded, s.parsed, s.inserted, s.duplicates) for s in stats] == [
+        (False, 3, 2, 1),
+        (True, 1, 1, 0),
+        (False, 2, 1, 1),
+    ]
+    assert [t for _, t in q.existing_problem_texts(engine, run_id)] == ["A", "B", "C", "D"]
+    with pytest.raises(ValueError, match="own key"):
+        q.record_problem_calls(engine, run_id, [(call("call-9", sample_index=1), [problem("E")])])
