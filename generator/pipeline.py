@@ -279,7 +279,11 @@ class Pipeline:
                 for thread in threads:
                     thread.join(timeout=0.2)
         except KeyboardInterrupt:
+            # Let every stage commit the batch it holds (a second Ctrl-C abandons them: still safe).
             self._stop.set()
+            self.console.print("interrupted: finishing the batches in flight (Ctrl-C again to drop them)")
+            for thread in threads:
+                thread.join()
             raise
         if self._errors:
             failure = self._errors[0]
