@@ -38,7 +38,7 @@ from db.records import (
     TestsOutcome,
     problem_key,
 )
-from db.upsert import insert_ignore
+from db.upsert import insert_ignore, insert_ignore_values
 from executor.jobs import Result
 from selfinstruct.errors import UserError
 
@@ -126,23 +126,28 @@ def get_run_id(engine: Engine, name: str) -> int:
     return int(run_id)
 
 
-def _call_row(run_id: int, stage: str, call: LLMCallRecord, *, item_key: str | None = None, sample_index: int | None = None) -> dict[str, Any]:
-    return dict(
-        run_id=run_id,
-        stage=stage,
-        item_key=call.item_key if item_key is None else item_key,
-        sample_index=call.sample_index if sample_index is None else sample_index,
-        model=call.model,
-        prompt=call.prompt,
-        completion=call.completion,
-        params=call.params,
-        seed=call.seed,
-        prompt_tokens=call.prompt_tokens,
-        completion_tokens=call.completion_tokens,
-        latency_s=call.latency_s,
-        finish_reason=call.finish_reason,
-        items_parsed=None,
+CALL_COLUMNS = (
+    "run_id", "stage", "item_key", "sample_index", "model", "prompt", "completion", "params", "seed",
+    "prompt_tokens", "completion_tokens", "latency_s", "finish_reason",
+)
+
+
+SOLUTION_COLUMNS = ("problem_id", "sample_index", "call_id", "code", "parse_status", "parse_error", "shown_test_id")
+EXECUTION_COLUMNS = (
+    "solution_id", "outcome", "tests", "tests_passed", "tests_total", "duration_ms", "stdout", "stderr", "image_digest",
+)
+
+
+def _call_values(run_id: int, stage: str, call: LLMCallRecord, item_key: str, sample_index: int) -> tuple:
+    """An LLMCall row in CALL_COLUMNS order."""
+    return (
+        run_id, stage, item_key, sample_index, call.model, call.prompt, call.completion, call.params, call.seed,
+        call.prompt_tokens, call.completion_tokens, call.latency_s, call.finish_reason,
     )
+
+
+def _call_row(run_id: int, stage: str, call: LLMCallRecord) -> dict[str, Any]:
+    return dict(zip(CALL_COLUMNS, _call_values(run_id, stage, call, call.item_key, call.sample_index)))
 
 
 def _check_problems_in_run(conn: Connection, run_id: int, problem_ids: Iterable[int]) -> None:
@@ -308,8 +313,10 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
         return 0
     with write_transaction(engine) as conn:
         _check_problems_in_run(conn, run_id, (it.problem_id for it in items))
-        call_rows = [_call_row(run_id, "tests", it.call, item_key=problem_key(it.problem_id), sample_index=0) for it in items]
-        new_keys = {key for (key,) in insert_ignore(conn, calls_t, call_rows, returning=[calls_t.c.item_key])}
+        call_rows = [_call_values(run_id, "tests", it.call, problem_key(it.problem_id), 0) for it in items]
+        new_keys = {
+            key for (key,) in insert_ignore_values(conn, calls_t, CALL_COLUMNS, call_rows, returning=[calls_t.c.item_key])
+        }
         fresh = [it for it in items if problem_key(it.problem_id) in new_keys]
         test_rows = [
             dict(problem_id=it.problem_id, index=i, code=code, shown=(i == it.shown_index))
@@ -382,36 +389,29 @@ def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutco
         return 0
     with write_transaction(engine) as conn:
         _check_problems_in_run(conn, run_id, (it.problem_id for it in items))
+        keys = {it.problem_id: problem_key(it.problem_id) for it in items}
         call_rows = [
-            _call_row(run_id, "solutions", s.call, item_key=problem_key(it.problem_id), sample_index=i)
+            _call_values(run_id, "solutions", s.call, keys[it.problem_id], i)
             for it in items
             for i, s in enumerate(it.samples)
         ]
-        inserted = insert_ignore(
-            conn, calls_t, call_rows, returning=[calls_t.c.id, calls_t.c.item_key, calls_t.c.sample_index]
+        inserted = insert_ignore_values(
+            conn, calls_t, CALL_COLUMNS, call_rows, returning=[calls_t.c.id, calls_t.c.item_key, calls_t.c.sample_index]
         )
         call_ids = {(key, index): call_id for call_id, key, index in inserted}
         solution_rows = []
         fresh_ids: set[int] = set()
         for it in items:
-            key = problem_key(it.problem_id)
+            key = keys[it.problem_id]
             for i, s in enumerate(it.samples):
                 call_id = call_ids.get((key, i))
                 if call_id is None:
                     continue  # recorded by an earlier attempt
                 fresh_ids.add(it.problem_id)
                 solution_rows.append(
-                    dict(
-                        problem_id=it.problem_id,
-                        sample_index=i,
-                        call_id=call_id,
-                        code=s.code,
-                        parse_status=s.parse_status,
-                        parse_error=s.parse_error,
-                        shown_test_id=it.shown_test_id,
-                    )
+                    (it.problem_id, i, call_id, s.code, s.parse_status, s.parse_error, it.shown_test_id)
                 )
-        insert_ignore(conn, solutions_t, solution_rows)
+        insert_ignore_values(conn, solutions_t, SOLUTION_COLUMNS, solution_rows)
         # Problems without samples (the stage failed for them) carry no call rows: their status
         # update is idempotent by itself.
         status_rows = [
@@ -497,20 +497,20 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
         if missing:
             raise ValueError(f"no solutions with ids {sorted(missing)[:10]}")
         rows = [
-            dict(
-                solution_id=sid,
-                outcome=res.outcome,
-                tests=[{"passed": t.passed, "error": t.error} for t in res.tests],
-                tests_passed=res.tests_passed,
-                tests_total=max(totals[sid], len(res.tests)),
-                duration_ms=res.duration_ms,
-                stdout=_truncate(res.stdout),
-                stderr=_truncate(res.stderr),
-                image_digest=res.image_digest,
+            (
+                sid,
+                res.outcome,
+                [{"passed": t.passed, "error": t.error} for t in res.tests],
+                res.tests_passed,
+                max(totals[sid], len(res.tests)),
+                res.duration_ms,
+                _truncate(res.stdout),
+                _truncate(res.stderr),
+                res.image_digest,
             )
             for sid, res in items
         ]
-        return len(insert_ignore(conn, executions_t, rows, returning=[executions_t.c.id]))
+        return len(insert_ignore_values(conn, executions_t, EXECUTION_COLUMNS, rows, returning=[executions_t.c.id]))
 
 
 # --- selection -----------------------------------------------------------------------------------
