@@ -338,32 +338,65 @@ class ResultChannel:
         os.write(self._fd, data)
 
 
-def run_job(job: dict, channel: ResultChannel) -> None:
+PHASES = ("imports", "solution", "setup")
+Compiled = tuple  # (code, wrapped) for a test that compiled; a str (the error) for one that did not
+
+
+def compile_tests(tests: list[str], cache: dict | None = None) -> list[Compiled | str]:
+    """Compile every test; with `cache` (source -> compiled), tests shared by many solutions compile once."""
+    compiled: list[Compiled | str] = []
+    for index, source in enumerate(tests):
+        entry = cache.get(source) if cache is not None else None
+        if entry is None:
+            try:
+                entry = compile_test(source, "<test>")
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                entry = describe(exc)
+            if cache is not None:
+                if len(cache) >= 4096:
+                    cache.clear()
+                cache[source] = entry
+        compiled.append(entry)
+    return compiled
+
+
+def compile_phases(job: dict) -> dict[str, object]:
+    """imports/solution/setup as code objects; a phase that does not compile maps to its error text."""
+    phases: dict[str, object] = {}
+    for phase in PHASES:
+        source = job.get(phase) or ""
+        if source:
+            try:
+                phases[phase] = compile(source, f"<{phase}>", "exec")
+            except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                phases[phase] = f"{phase}: {describe(exc)}"
+                break
+    return phases
+
+
+def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) -> None:
     """Run imports, solution, setup, then each test; stream one record per test, then the final record.
 
-    Never returns normally to untrusted code: the caller `os._exit`s right after, so threads, atexit
-    handlers and finalizers the solution left behind cannot run after the verdict.
+    `prepared` is `(compile_phases(job), compile_tests(tests))` when the runner compiled them before
+    forking (a fork that compiles pays for copy-on-write faults on the compiler's data; the runner does
+    not). Never returns to untrusted code afterwards: the caller `os._exit`s right after, so threads,
+    atexit handlers and finalizers the solution left behind cannot run after the verdict.
     """
     real_stdout, real_stderr = sys.stdout, sys.stderr
     namespace: dict = {"__name__": "solution", "__builtins__": builtins}
     tests = job.get("tests", [])
-    compiled: list[tuple[object, bool] | str] = []
-    for index, source in enumerate(tests):
-        try:
-            compiled.append(compile_test(source, f"<test {index}>"))
-        except SyntaxError as exc:
-            compiled.append(describe(exc))
-        except (ValueError, RecursionError, MemoryError) as exc:
-            compiled.append(describe(exc))
+    phases, compiled = prepared if prepared is not None else (compile_phases(job), compile_tests(tests))
 
     load_error = None
     memory = False
-    for phase in ("imports", "solution", "setup"):
-        source = job.get(phase) or ""
-        if not source:
+    for phase in PHASES:
+        code = phases.get(phase)
+        if code is None:
             continue
+        if isinstance(code, str):
+            load_error = code
+            break
         try:
-            code = compile(source, f"<{phase}>", "exec")
             exec(code, namespace)  # noqa: S102 - running untrusted code is this sandbox's purpose
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt included
             load_error = f"{phase}: {describe(exc)}"

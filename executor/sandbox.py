@@ -34,11 +34,13 @@ log = logging.getLogger(__name__)
 def remove_containers(client: docker.DockerClient, *, stale_only: bool) -> int:
     """Remove labeled sandbox containers (all of them, or only those whose owner process has exited)."""
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": CONTAINER_LABEL}):
-        if stale_only and owner_is_alive(container.labels.get(OWNER_LABEL, "")):
+    # The low-level listing: `containers.list()` inspects each container and fails when one disappears
+    # meanwhile, which other pools recycling containers on the same daemon make routine.
+    for summary in client.api.containers(all=True, filters={"label": CONTAINER_LABEL}):
+        if stale_only and owner_is_alive((summary.get("Labels") or {}).get(OWNER_LABEL, "")):
             continue
         try:
-            container.remove(force=True)
+            client.api.remove_container(summary["Id"], force=True)
             removed += 1
         except docker.errors.NotFound:
             pass

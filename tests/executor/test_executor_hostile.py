@@ -239,8 +239,8 @@ def test_the_suite_covers_the_issue_list():
 def test_host_unaffected_and_only_the_pool_remains(hostile_sandbox, docker_client):
     docker_client.ping()
     owner = hostile_sandbox._owner
-    mine = docker_client.containers.list(filters={"label": f"selfinstruct.sandbox.owner={owner}"})
-    running = [c for c in mine if c.status == "running"]
+    running = [docker_client.containers.get(c["Id"])
+               for c in docker_client.api.containers(filters={"label": f"selfinstruct.sandbox.owner={owner}"})]
     assert len(running) <= 2 * 2  # both pools (shared fixture and this one), nothing leaked
     for container in running:
         attrs = container.attrs["HostConfig"]

@@ -87,9 +87,10 @@ def test_stale_containers_are_removed_at_start_and_own_ones_at_exit(sandbox_imag
     try:
         with Sandbox(SandboxConfig(workers=1), client=docker_client) as pool:
             own_names = [c.name for c in pool._live]
-            labeled = {c.id for c in docker_client.containers.list(all=True, filters={"label": CONTAINER_LABEL})}
+            labeled = {c["Id"] for c in docker_client.api.containers(all=True, filters={"label": CONTAINER_LABEL})}
             assert stale.id not in labeled and foreign.id in labeled
-        remaining = {c.name for c in docker_client.containers.list(all=True, filters={"label": CONTAINER_LABEL})}
+        remaining = {name.lstrip("/") for c in docker_client.api.containers(all=True, filters={"label": CONTAINER_LABEL})
+                     for name in c["Names"]}
         assert not remaining & set(own_names)
     finally:
         foreign.remove(force=True)
