@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +14,7 @@ from generator.config import validate_config
 from generator.pipeline import Pipeline
 from generator.report import render_report
 from selfinstruct.errors import UserError
-from tests.generator.pipeline_helpers import config_dict, duplicate_rows, table_counts, triples
+from tests.generator.pipeline_helpers import config_dict, duplicate_rows, table_counts, triples, write_config
 from tests.generator.scripted_backend import CATALOG, CONTAMINATED, EXPECTED_SAMPLE_INDEX, EXPECTED_TRIPLES
 
 
@@ -86,3 +89,23 @@ def test_a_backend_that_keeps_failing_fails_its_stage_in_one_line_and_keeps_comm
     assert counts["problems"] == len(CATALOG) + 1  # the problems stage committed its work
     assert counts["tests"] == 0
     assert triples(cfg.db, "e2e") == set()
+
+
+@pytest.mark.ray
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_same_run_on_ray_sandbox_actors_yields_the_same_triples(tmp_path, docker_client):
+    """`ray.enabled`: the sandbox runs as Ray actors (a fresh local Ray); plugin backends stay in the driver."""
+    root = Path(__file__).resolve().parents[2]
+    data = config_dict(tmp_path / "ray.db") | {"ray": {"enabled": True, "address": "local"}}
+    config = write_config(tmp_path / "ray.yaml", data)
+    result = subprocess.run(
+        [sys.executable, "-m", "generator", "run", "--config", str(config), "--no-progress", "--json"],
+        cwd=root, capture_output=True, text=True, timeout=280,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["status"] == "finished" and report["funnel"]["executions"]["executed"] == 38
+    got = triples(f"sqlite:///{tmp_path / 'ray.db'}", "e2e")
+    assert {(text, code) for text, code, _ in got} == EXPECTED_TRIPLES
