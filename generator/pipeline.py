@@ -124,6 +124,15 @@ class Resources:
         self._by_config: dict[str, _Serialized] = {}
         self._lock = threading.Lock()
 
+    def uses_ray(self) -> bool:
+        """Whether anything will run on Ray: an LLM stage neither injected nor a plugin, or the sandbox."""
+        if not self.cfg.ray.enabled:
+            return False
+        in_driver = set(self._injected) | {
+            stage for stage in LLM_STAGES if isinstance(getattr(self.cfg, stage).backend, PluginBackendConfig)
+        }
+        return not in_driver >= set(LLM_STAGES) or self._sandbox is None
+
     def backend(self, stage: str) -> Backend:
         with self._lock:
             if stage in self._injected:
@@ -216,7 +225,7 @@ class Pipeline:
         started = time.monotonic()
         engine = make_engine(self.cfg.db)
         init_db(engine)
-        if self.cfg.ray.enabled and not self._all_injected():
+        if self._resources.uses_ray():
             from generator.ray_cluster import ensure_ray
 
             ensure_ray(self.cfg.ray.address)
@@ -258,11 +267,6 @@ class Pipeline:
             report.plot_path = str(plot_funnel(report, default_plot_path(self.cfg.db, self.cfg.run)))
         engine.dispose()
         return report
-
-    def _all_injected(self) -> bool:
-        injected = set(self._resources._injected)
-        plugin = {s for s in LLM_STAGES if isinstance(getattr(self.cfg, s).backend, PluginBackendConfig)}
-        return injected | plugin >= set(LLM_STAGES) and self._resources._sandbox is not None
 
     def _run_stages(self, stages: dict[str, Any]) -> None:
         done = {name: threading.Event() for name in stages}
