@@ -196,9 +196,31 @@ def _known_revisions() -> set[str]:
     return {s.revision for s in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
 
 
-def _lock_schema(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+@contextmanager
+def schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """The transaction schema changes run in: locked against concurrent creation/migration (SQLite's
+    write lock, a PostgreSQL advisory lock).
+
+    On SQLite, foreign keys are switched off around it, as SQLite's documented procedure for table
+    rebuilds requires: Alembic's batch mode rebuilds a table by copy, drop and rename, and with
+    foreign keys on, the drop would cascade-delete every child row. Integrity is checked with
+    `PRAGMA foreign_key_check` before the commit instead.
+    """
+    with _translate_connect_errors(engine), writer(engine).connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        raw = conn.connection.dbapi_connection
+        if sqlite:
+            raw.execute("PRAGMA foreign_keys = OFF")  # outside any transaction, or it is a no-op
+        try:
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+                yield conn
+                if sqlite and (bad := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()):
+                    raise RuntimeError(f"the migration broke {len(bad)} foreign keys, e.g. {bad[0]}; rolled back")
+        finally:
+            if sqlite:
+                raw.execute("PRAGMA foreign_keys = ON")
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
@@ -208,8 +230,7 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     processes that start at the same time on an empty database do not race to create it.
     """
     check_connection(engine)
-    with write_transaction(engine) as conn:
-        _lock_schema(conn)
+    with schema_transaction(engine) as conn:
         before = current_revision(conn)
         if before is not None and before not in _known_revisions():
             raise UserError(_newer_message(engine, before))
@@ -249,8 +270,7 @@ def init_db(engine: Engine) -> None:
     if rev == head:
         return
     if rev is None:
-        with write_transaction(engine) as conn:
-            _lock_schema(conn)
+        with schema_transaction(engine) as conn:
             rev = current_revision(conn)  # another process may have created it meanwhile
             if rev is None:
                 tables = set(sa.inspect(conn).get_table_names()) - {"alembic_version"}

@@ -8,7 +8,7 @@ renamed when complete, so a failed export never leaves half a dataset behind. Ev
 hash of (run, problem hash, solution): stable across exports, and the split is a stable hash of the
 id, so a row never moves between train and validation when more runs are added.
 
-Rows are read in keyset pages of triples (three queries per page, whatever the page holds), so
+Rows are read in keyset pages of triples (two queries per page, whatever the page holds), so
 memory stays flat however many rows there are. --dedup keeps, for each problem hash, only the
 earliest selected triple among the runs exported (done in SQL, so it too needs no memory).
 
@@ -40,7 +40,6 @@ from pydantic_core import to_json
 
 from db.engine import env_url, make_engine, read_transaction, require_schema
 from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
-from db.records import problem_key
 from model.chat import ChatFormatError, prompt_answer_text
 from selfinstruct.errors import UserError, cli_entry
 
@@ -101,11 +100,9 @@ def row_id(run: str, norm_hash: str, solution: str) -> str:
 
 
 def is_validation(example_id: str, fraction: float) -> bool:
-    """Stable split: a hash of the id, uniform in [0, 1), compared with the validation fraction."""
-    if fraction <= 0:
-        return False
-    h = int.from_bytes(hashlib.sha256(b"split\x00" + example_id.encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+    """Stable split: the id is a sha256 prefix, so its first 32 bits are a uniform number in [0, 1)
+    to compare with the validation fraction (growing the fraction only moves rows into validation)."""
+    return fraction > 0 and int(example_id[:8], 16) / 2**32 < fraction
 
 
 def answer_text(solution: str, answer_format: AnswerFormat = "python-tags") -> str:
@@ -155,9 +152,6 @@ def _stage(model: str | None, params: str | None, seed: int | None) -> dict[str,
     return {"model": model, "params": _params(params), "seed": seed}
 
 
-_NO_CALL = {"model": None, "params": None, "seed": None}
-
-
 def _candidates(f: ExportFilter, t: Any, p: Any, s: Any, e: Any, r: Any) -> list[sa.ColumnElement[bool]]:
     conds: list[sa.ColumnElement[bool]] = [
         p.c.id == t.c.problem_id,
@@ -179,7 +173,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
     """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time."""
     t, p, s, e, r = (m.__table__ for m in (Triple, Problem, Solution, Execution, Run))
     shown, calls, tests = Test.__table__.alias("shown"), LLMCall.__table__, Test.__table__
-    pcall, scall = calls.alias("pcall"), calls.alias("scall")
+    pcall, tcall, scall = calls.alias("pcall"), calls.alias("tcall"), calls.alias("scall")
     where = _candidates(f, t, p, s, e, r)
     if f.dedup:  # the earliest triple with this problem hash among the exported candidates wins
         t2, p2, s2, e2, r2 = (x.alias(f"{x.name}_2") for x in (t, p, s, e, r))
@@ -194,7 +188,9 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
         sa.select(
             t.c.id, r.c.name, r.c.id, p.c.id, p.c.text, p.c.norm_hash, s.c.id, s.c.code, s.c.sample_index,
             t.c.selection_rule, shown.c.code, e.c.image_digest, e.c.tests_passed, e.c.tests_total,
-            pcall.c.model, raw_json(pcall.c.params), pcall.c.seed, scall.c.model, raw_json(scall.c.params), scall.c.seed,
+            pcall.c.model, raw_json(pcall.c.params), pcall.c.seed,
+            tcall.c.model, raw_json(tcall.c.params), tcall.c.seed,
+            scall.c.model, raw_json(scall.c.params), scall.c.seed,
         )
         .select_from(t)
         .join(p, p.c.id == t.c.problem_id)
@@ -203,6 +199,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
         .join(r, r.c.id == t.c.run_id)
         .outerjoin(shown, shown.c.id == s.c.shown_test_id)
         .outerjoin(pcall, pcall.c.id == p.c.call_id)
+        .outerjoin(tcall, tcall.c.id == p.c.tests_call_id)
         .outerjoin(scall, scall.c.id == s.c.call_id)
         .where(*where)
         .order_by(t.c.id)
@@ -220,17 +217,8 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                 .order_by(tests.c.problem_id, tests.c.index)
             ):
                 tests_of[pid].append(code)
-            tests_call: dict[tuple[int, str], dict[str, Any]] = {}
-            for run_id, key, model, params, seed in conn.execute(
-                sa.select(calls.c.run_id, calls.c.item_key, calls.c.model, raw_json(calls.c.params), calls.c.seed).where(
-                    calls.c.run_id.in_({row[2] for row in rows}),
-                    calls.c.stage == "tests",
-                    calls.c.item_key.in_([problem_key(pid) for pid in problem_ids]),
-                )
-            ):
-                tests_call[(run_id, key)] = _stage(model, params, seed)
             for (_, run, run_id, pid, text, norm_hash, sid, code, sample_index, rule, shown_code, digest, passed,
-                 total, p_model, p_params, p_seed, s_model, s_params, s_seed) in rows:
+                 total, p_model, p_params, p_seed, t_model, t_params, t_seed, s_model, s_params, s_seed) in rows:
                 yield Triplet(
                     run=run,
                     problem_id=pid,
@@ -247,7 +235,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                     tests_total=total,
                     stages={
                         "problems": _stage(p_model, p_params, p_seed),
-                        "tests": tests_call.get((run_id, problem_key(pid)), _NO_CALL),
+                        "tests": _stage(t_model, t_params, t_seed),
                         "solutions": _stage(s_model, s_params, s_seed),
                     },
                 )

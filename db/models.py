@@ -106,7 +106,8 @@ class Problem(Base):
     """A generated question. Exact duplicates (same normalized-text hash) are never stored twice in a
     run; near-duplicates and benchmark-contaminated questions are stored with the reason, not used.
 
-    `tests_status` / `solutions_status` make the table the work queue of the later stages.
+    `tests_status` / `solutions_status` make the table the work queue of the later stages;
+    `tests_call_id` is the call that wrote (or failed to write) the tests.
     """
 
     __tablename__ = "problems"
@@ -120,6 +121,7 @@ class Problem(Base):
     reason: Mapped[str | None] = mapped_column(sa.Text)
     tests_status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     tests_reason: Mapped[str | None] = mapped_column(sa.Text)
+    tests_call_id: Mapped[int | None] = mapped_column(sa.ForeignKey("llm_calls.id", ondelete="SET NULL"))
     solutions_status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     solutions_reason: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = _created_at()

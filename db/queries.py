@@ -301,7 +301,7 @@ def pending_tests(engine: Engine, run_id: int, limit: int) -> list[ProblemRow]:
 _set_tests_status = (
     sa.update(problems_t)
     .where(problems_t.c.id == sa.bindparam("b_id"))
-    .values(tests_status=sa.bindparam("b_status"), tests_reason=sa.bindparam("b_reason"))
+    .values(tests_status=sa.bindparam("b_status"), tests_reason=sa.bindparam("b_reason"), tests_call_id=sa.bindparam("b_call"))
 )
 
 
@@ -314,10 +314,10 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
     with write_transaction(engine) as conn:
         _check_problems_in_run(conn, run_id, (it.problem_id for it in items))
         call_rows = [_call_values(run_id, "tests", it.call, problem_key(it.problem_id), 0) for it in items]
-        new_keys = {
-            key for (key,) in insert_ignore_values(conn, calls_t, CALL_COLUMNS, call_rows, returning=[calls_t.c.item_key])
-        }
-        fresh = [it for it in items if problem_key(it.problem_id) in new_keys]
+        new_calls = dict(
+            insert_ignore_values(conn, calls_t, CALL_COLUMNS, call_rows, returning=[calls_t.c.item_key, calls_t.c.id])
+        )
+        fresh = [it for it in items if problem_key(it.problem_id) in new_calls]
         test_rows = [
             dict(problem_id=it.problem_id, index=i, code=code, shown=(i == it.shown_index))
             for it in fresh
@@ -329,7 +329,12 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
             conn.execute(
                 _set_tests_status,
                 [
-                    dict(b_id=it.problem_id, b_status="done" if it.failure is None else "failed", b_reason=it.failure)
+                    dict(
+                        b_id=it.problem_id,
+                        b_status="done" if it.failure is None else "failed",
+                        b_reason=it.failure,
+                        b_call=new_calls[problem_key(it.problem_id)],
+                    )
                     for it in fresh
                 ],
             )

@@ -36,10 +36,10 @@ def run_migrations_online() -> None:
     if connection is not None:  # db.engine.upgrade/init_db: already inside its locked transaction
         _run(connection)
         return
-    from db.engine import make_engine, write_transaction
+    from db.engine import make_engine, schema_transaction
 
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
-    with write_transaction(engine) as conn:
+    with schema_transaction(engine) as conn:
         _run(conn)
     engine.dispose()
 

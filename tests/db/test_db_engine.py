@@ -18,11 +18,12 @@ from db.engine import (
     make_engine,
     read_transaction,
     require_schema,
+    schema_transaction,
     session,
     upgrade,
     write_transaction,
 )
-from db.models import Base, Run
+from db.models import Base, Problem, Run
 from selfinstruct.errors import UserError
 
 
@@ -69,14 +70,42 @@ def test_migrations_match_the_models(db_url: str) -> None:
     upgrade(engine)
     with read_transaction(engine) as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-    cfg = alembic_config(engine)
-    with write_transaction(engine) as conn:
-        cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "base")
+    downgrade(engine, "base")
     with read_transaction(engine) as conn:
         assert current_revision(conn) is None
         assert "problems" not in sa.inspect(conn).get_table_names()
     assert upgrade(engine) == (None, head_revision())
+    engine.dispose()
+
+
+def downgrade(engine: sa.Engine, revision: str) -> None:
+    cfg = alembic_config(engine)
+    with schema_transaction(engine) as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+
+
+def test_migrations_keep_the_data_of_a_populated_database(db_url: str) -> None:
+    """Down to 0002 and up again (SQLite rebuilds `problems` by copy): no child row is lost to a
+    cascade, and 0003 fills problems.tests_call_id from the tests calls."""
+    from db_workload import run_pipeline, snapshot
+
+    engine = make_engine(db_url)
+    init_db(engine)
+    run_pipeline(engine, "run")
+    before = snapshot(engine)
+    with read_transaction(engine) as conn:
+        linked = dict(conn.execute(sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))).all())
+    assert linked and len(before["tests"]) > 10
+    downgrade(engine, "0002")
+    with read_transaction(engine) as conn:
+        assert "tests_call_id" not in {c["name"] for c in sa.inspect(conn).get_columns("problems")}
+    assert upgrade(engine) == ("0002", head_revision())
+    assert snapshot(engine) == before
+    with read_transaction(engine) as conn:
+        assert dict(conn.execute(sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))).all()) == linked
+        if conn.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # switched back on
     engine.dispose()
 
 
