@@ -66,9 +66,19 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v [b, kv_heads, s, head_dim] at slots start..start+s; return the filled prefix."""
-        b, end = k.shape[0], start + k.shape[2]
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [b, kv_heads, s, head_dim] at slots start..start+s.
+
+        With an int `start`, return the filled prefix (the CPU-friendly path: attend to what exists).
+        With a tensor of slots, write with index_copy_ and return the whole cache: fixed shapes, so one
+        compiled graph (and one CUDA graph) serves every decode step.
+        """
+        b = k.shape[0]
+        if isinstance(start, Tensor):
+            self.k[:b].index_copy_(2, start, k)
+            self.v[:b].index_copy_(2, start, v)
+            return self.k[:b], self.v[:b]
+        end = start + k.shape[2]
         self.k[:b, :, start:end] = k
         self.v[:b, :, start:end] = v
         return self.k[:b, :, :end], self.v[:b, :, :end]
@@ -85,7 +95,7 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, is_causal: bool,
-                cache_start: int | None = None) -> Tensor:
+                cache_start: int | Tensor | None = None) -> Tensor:
         b, s, _ = x.shape
         q = apply_rotary(self.wq(x).view(b, s, self.n_heads, self.head_dim), cos, sin).transpose(1, 2)
         k = apply_rotary(self.wk(x).view(b, s, self.n_kv_heads, self.head_dim), cos, sin).transpose(1, 2)
@@ -129,7 +139,7 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, is_causal: bool,
-                cache_start: int | None = None) -> Tensor:
+                cache_start: int | Tensor | None = None) -> Tensor:
         h = x + self.attention(self.attention_norm(x), cos, sin, mask, is_causal, cache_start)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -234,4 +244,24 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, mask, is_causal, start)
         if last_only:
             h = h[:, -1:]
+        return self.output(self.norm(h))
+
+    def decode_step(self, tokens: Tensor, positions: Tensor, slots: Tensor, key_valid: Tensor | None = None) -> Tensor:
+        """Logits for tokens [b, s] written to cache `slots` (a LongTensor [s]), attending over the whole cache.
+
+        Same result as `forward_cached`, but every shape is fixed and the slot is data, not a Python int:
+        `torch.compile(model.decode_step, mode="reduce-overhead")` captures one CUDA graph for all steps
+        (gpt-fast's recipe). Slots past the last written one are masked out.
+        """
+        cache_len = self.cache_len
+        k_slots = torch.arange(cache_len, device=tokens.device)[None, :]
+        visible = k_slots <= slots[:, None]  # [s, cache_len]
+        if key_valid is not None:
+            visible = visible[None] & (key_valid[:tokens.shape[0], None, :] | (k_slots == slots[:, None]))
+        else:
+            visible = visible[None].expand(tokens.shape[0], -1, -1)
+        cos, sin = rotary_cos_sin(positions, self.args.head_dim, self.args.rope_theta)
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, visible[:, None], False, slots)
         return self.output(self.norm(h))

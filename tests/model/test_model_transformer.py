@@ -131,3 +131,15 @@ def test_meta_device_construction_allocates_nothing() -> None:
     with torch.device("meta"):
         model = Transformer(ModelArgs.from_preset("llama2-70b"))
     assert sum(p.numel() for p in model.parameters()) == model.args.num_params()
+
+
+@torch.no_grad()
+def test_fixed_shape_decode_step_equals_full_forward() -> None:
+    model = _tiny()
+    tokens = torch.randint(0, 512, (2, 12))
+    full = model(tokens)
+    model.setup_cache(2, 16)
+    pieces = [model.decode_step(tokens[:, :4], torch.arange(4).expand(2, 4), torch.arange(4))]
+    for t in range(4, 12):
+        pieces.append(model.decode_step(tokens[:, t:t + 1], torch.full((2, 1), t), torch.tensor([t])))
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
