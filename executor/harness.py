@@ -337,6 +337,10 @@ class ResultChannel:
         data = (json.dumps(record, ensure_ascii=True) + "\n").encode()
         os.write(self._fd, data)
 
+    def passed(self, index: int) -> None:
+        """The common record, formatted without the json module (fewer copy-on-write pages touched)."""
+        os.write(self._fd, b'{"i": %d, "ok": true, "e": null, "k": "%s"}\n' % (index, self._nonce.encode()))
+
 
 PHASES = ("imports", "solution", "setup")
 Compiled = tuple  # (code, wrapped) for a test that compiled; a str (the error) for one that did not
@@ -415,7 +419,7 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
                 if wrapped:
                     test_function = namespace.pop(TEST_FUNCTION)
                     test_function(compare_chain, truth)
-                channel.send({"i": index, "ok": True, "e": None})
+                channel.passed(index)
             except BaseException as exc:  # noqa: BLE001
                 memory = memory or _is_memory_error(exc)
                 error = describe(exc)
