@@ -28,7 +28,7 @@ from finetune.checkpointing import (TrainerState, latest_checkpoint, load_checkp
 from finetune.config import FinetuneConfig
 from finetune.data import read_exports, split_validation, tokenize_examples
 from finetune.distributed import DistInfo, all_reduce_sum, init_distributed, shard_model, shutdown
-from finetune.loader import DataPosition, TrainingStream, eval_batches
+from finetune.loader import DataPosition, StepData, TrainingStream, eval_batches
 from finetune.metrics import MetricsLog, plot_loss_curve
 from finetune.model_setup import build_model, check_tokenizer, load_starting_point
 from finetune.optim import build_optimizer
@@ -101,6 +101,25 @@ def _grad_norm(model: nn.Module, max_norm: float) -> float:
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
         norm = norm.full_tensor()
     return float(norm)
+
+
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: StepData, info: DistInfo,
+                   autocast: contextlib.AbstractContextManager, grad_clip: float) -> tuple[float, float]:
+    """One update over the step's micro-batches: (summed loss of the whole step over all processes, grad norm).
+
+    Each micro-batch's loss is divided by the trained tokens of the whole step (known from the data plan),
+    so accumulation gives the gradient of the step's mean loss per answer token.
+    """
+    loss_sum = torch.zeros((), device=info.device)
+    for batch in data.micro_batches:
+        batch_loss = sequence_loss_sum(model, batch.to(info.device), autocast)
+        (batch_loss * (info.world_size / data.n_targets)).backward()
+        loss_sum += batch_loss.detach()
+    grad_norm = _grad_norm(model, grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    (loss_total,) = all_reduce_sum([float(loss_sum)], info)
+    return loss_total, grad_norm
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -188,15 +207,7 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
         data, next_position = stream.next_step(position)
         lr = lr_at(step, config.optim.lr, config.optim.warmup_steps, tc.max_steps, config.optim.final_lr_ratio)
         apply_lr(optimizer, lr)
-        loss_sum = torch.zeros((), device=info.device)
-        for batch in data.micro_batches:
-            batch_loss = sequence_loss_sum(model, batch.to(info.device), autocast)
-            (batch_loss * (info.world_size / data.n_targets)).backward()
-            loss_sum += batch_loss.detach()
-        grad_norm = _grad_norm(model, config.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        (loss_total,) = all_reduce_sum([float(loss_sum)], info)
+        loss_total, grad_norm = optimizer_step(model, optimizer, data, info, autocast, config.optim.grad_clip)
         loss = loss_total / data.n_targets
         if not math.isfinite(loss):
             raise UserError(f"training diverged at step {step + 1} (loss {loss}); lower optim.lr")
