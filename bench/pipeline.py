@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from db import queries  # noqa: E402
 from db.engine import make_engine  # noqa: E402
 from executor.config import SandboxConfig  # noqa: E402
 from executor.jobs import Job  # noqa: E402
@@ -46,7 +45,8 @@ class InstantBackend:
             count = int(re.search(r"Write (\d+) programming", prompt).group(1))  # type: ignore[union-attr]
             base = request.seed or 0
             return "\n".join(
-                f"{i + 1}. Write a function fn_{base}_{i}(x) that returns x plus {(base * 31 + i) % 997}." for i in range(count)
+                f"{i + 1}. Write a function fn_{base}_{i}(x) that returns x plus {(base * 31 + i) % 997}."
+                for i in range(count)
             )
         match = _PROBLEM.findall(prompt)[-1]
         name, constant = match[0], int(match[1])
@@ -54,12 +54,15 @@ class InstantBackend:
             asserts = "\n".join(f"# Test case {k + 1}:\nassert {name}({k}) == {k + constant}" for k in range(5))
             return f"\n[TESTS]\n{asserts}\n"
         body = f"return x + {constant}" if sample % 4 == 3 else f"return x + {constant + 1}"
-        return f"\n[PYTHON]\ndef {name}(x):\n    total = 0\n    for _ in range(100):\n        total += 1\n    {body}\n[/PYTHON]"
+        code = f"def {name}(x):\n    total = 0\n    for _ in range(100):\n        total += 1\n    {body}\n"
+        return f"\n[PYTHON]\n{code}[/PYTHON]"
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         return [
             [
-                Completion(text=self._answer(r, i), finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_s=0.0)
+                Completion(
+                    text=self._answer(r, i), finish_reason="stop", prompt_tokens=1, completion_tokens=1, latency_s=0.0
+                )
                 for i in range(r.n)
             ]
             for r in requests
@@ -91,11 +94,14 @@ def _executed_jobs(db_url: str, imports: str) -> list[Job]:
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT s.id, s.code, s.problem_id FROM solutions s JOIN executions e ON e.solution_id = s.id ORDER BY s.id"
+                "SELECT s.id, s.code, s.problem_id FROM solutions s "
+                "JOIN executions e ON e.solution_id = s.id ORDER BY s.id"
             )
         ).all()
         tests: dict[int, list[str]] = {}
-        for problem_id, code in conn.execute(sa.text('SELECT problem_id, code FROM tests ORDER BY problem_id, "index"')):
+        for problem_id, code in conn.execute(
+            sa.text('SELECT problem_id, code FROM tests ORDER BY problem_id, "index"')
+        ):
             tests.setdefault(problem_id, []).append(code)
     engine.dispose()
     return [Job(id=str(sid), solution=code, tests=tests[pid], imports=imports) for sid, code, pid in rows]
@@ -118,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         jobs: list[Job] = []
         report = None
         for repeat in range(args.repeats):
-            cfg = validate_config(_config(Path(tmp) / f"bench{repeat}.db", args.problems, args.n, args.workers, args.batch))
+            cfg = validate_config(
+                _config(Path(tmp) / f"bench{repeat}.db", args.problems, args.n, args.workers, args.batch)
+            )
             started = time.perf_counter()
             report = Pipeline(
-                cfg, backends={s: backend for s in ("problems", "tests", "solutions")}, sandbox=sandbox, progress=False, plot=False
+                cfg,
+                backends={s: backend for s in ("problems", "tests", "solutions")},
+                sandbox=sandbox,
+                progress=False,
+                plot=False,
             ).run()
             pipeline_s.append(time.perf_counter() - started)
             if not jobs:

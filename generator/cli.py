@@ -20,7 +20,11 @@ from selfinstruct.errors import UserError, cli_entry
 def _config_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--config", required=required, metavar="FILE", help="the run's YAML configuration")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one configuration key, e.g. --set problems.target=10 (repeatable; values are YAML)",
     )
 
@@ -29,7 +33,8 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     _config_args(parser, required=True)
     parser.add_argument("--no-ray", action="store_true", help="run backends and the sandbox in this process")
     parser.add_argument(
-        "--allow-config-change", action="store_true",
+        "--allow-config-change",
+        action="store_true",
         help="resume a run whose recipe (config fingerprint) differs from this configuration",
     )
     parser.add_argument("--no-progress", action="store_true", help="no live progress bars")
@@ -59,7 +64,9 @@ def _run(args: argparse.Namespace) -> int:
 @cli_entry
 def generate_main(argv: list[str] | None = None) -> int:
     """`selfinstruct generate ...`"""
-    parser = argparse.ArgumentParser(prog="selfinstruct generate", description="Run (or resume) the self-instruct pipeline.")
+    parser = argparse.ArgumentParser(
+        prog="selfinstruct generate", description="Run (or resume) the self-instruct pipeline."
+    )
     _add_run_args(parser)
     return _run(parser.parse_args(argv))
 

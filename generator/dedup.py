@@ -34,10 +34,12 @@ class ExactDeduplicator:
 
 
 class NearDeduplicator:
-    """Drops a problem whose word-shingle Jaccard similarity to a kept one is about `threshold` or more.
+    """Drops a problem whose word-shingle Jaccard similarity to a kept one is `threshold` or more.
 
-    MinHash signatures over word `shingle`-grams (whole text when shorter), indexed with LSH; the
-    permutations are drawn once from a fixed seed, so signatures and decisions are reproducible.
+    MinHash signatures over word `shingle`-grams (whole text when shorter), indexed with LSH; LSH
+    candidates are confirmed by their MinHash Jaccard estimate, so a bucket collision alone never
+    drops a problem. The permutations are drawn once from a fixed seed, so signatures and decisions
+    are reproducible.
     """
 
     def __init__(self, threshold: float = 0.7, num_perm: int = 128, shingle: int = 3, seed: int = 1) -> None:
@@ -49,6 +51,7 @@ class NearDeduplicator:
         self._template = MinHash(num_perm=num_perm, seed=seed)
         self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self._texts: dict[str, str] = {}
+        self._signatures: dict[str, MinHash] = {}
 
     def __len__(self) -> int:
         return len(self._texts)
@@ -67,7 +70,9 @@ class NearDeduplicator:
         return signature
 
     def _nearest(self, signature: MinHash) -> str | None:
-        candidates = self._lsh.query(signature)
+        candidates = [
+            key for key in self._lsh.query(signature) if signature.jaccard(self._signatures[key]) >= self.threshold
+        ]
         if not candidates:
             return None
         return self._texts[min(candidates, key=lambda key: int(key.split(":", 1)[0]))]
@@ -85,4 +90,5 @@ class NearDeduplicator:
         key = f"{len(self._texts)}:{problem_hash(text)}"
         self._lsh.insert(key, signature)
         self._texts[key] = text
+        self._signatures[key] = signature
         return None

@@ -28,7 +28,7 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,10 @@ def code_version() -> str:
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty=+dirty", "--abbrev=10"],
-            capture_output=True, text=True, timeout=5, check=True,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return base
@@ -343,14 +346,27 @@ class Pipeline:
         def refresh() -> None:
             f = queries.funnel(engine, run_id)
             p, t, s, e = f["problems"], f["tests"], f["solutions"], f["executions"]
-            progress.update(tasks["problems"], completed=p["accepted"], total=self.cfg.problems.target,
-                            note=f"calls {p['calls']}/{self.cfg.problems.max_calls}")
-            progress.update(tasks["tests"], completed=t["done"] + t["failed"], total=p["accepted"],
-                            note=f"failed {t['failed']}")
-            progress.update(tasks["solutions"], completed=s["problems_done"] + s["problems_failed"], total=t["done"],
-                            note=f"samples {s['samples']}")
-            progress.update(tasks["executions"], completed=e["executed"], total=e["executed"] + max(e["pending"], 0),
-                            note=f"pass {e['pass_rate']:.1%}")
+            progress.update(
+                tasks["problems"],
+                completed=p["accepted"],
+                total=self.cfg.problems.target,
+                note=f"calls {p['calls']}/{self.cfg.problems.max_calls}",
+            )
+            progress.update(
+                tasks["tests"], completed=t["done"] + t["failed"], total=p["accepted"], note=f"failed {t['failed']}"
+            )
+            progress.update(
+                tasks["solutions"],
+                completed=s["problems_done"] + s["problems_failed"],
+                total=t["done"],
+                note=f"samples {s['samples']}",
+            )
+            progress.update(
+                tasks["executions"],
+                completed=e["executed"],
+                total=e["executed"] + max(e["pending"], 0),
+                note=f"pass {e['pass_rate']:.1%}",
+            )
             progress.update(tasks["triples"], completed=f["triples"]["count"], total=p["accepted"] or None, note="")
 
         def monitor() -> None:
@@ -386,5 +402,3 @@ def run_pipeline(
 ) -> RunReport:
     """Convenience: `Pipeline(cfg, ...).run()`."""
     return Pipeline(cfg, backends=backends, sandbox=sandbox, **kwargs).run()
-
-

@@ -20,7 +20,7 @@ PAPER_SOURCE = "Code Llama (arXiv 2308.12950 v3), Appendix H, Figures 10-12"
 # Figure 10: Llama 2 70B writes the problems.
 PROBLEMS_PROMPT = """[INST] Write 50 programming interview questions of easy and medium complexity. Provide questions on a
 diverse range of subjects, and make sure no two questions are alike. Make sure the problems can be solved with a
-single standalone Python function using standard libraries. [/INST]"""
+single standalone Python function using standard libraries. [/INST]"""  # noqa: E501 (verbatim)
 
 # Figure 11: Code Llama 7B Instruct writes unit tests (one-shot; stop at [/TESTS]).
 TESTS_PROMPT = """[INST] Your task is to write 5 tests to check the correctness of a function that solves a programming

@@ -157,7 +157,12 @@ def render_report(report: RunReport, console: Console | None = None) -> None:
 def default_plot_path(db_url: str, run: str) -> Path:
     """`<run>-funnel.png` next to a SQLite database file, else in the working directory."""
     url = normalize_url(db_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database
+        and url.database != ":memory:"
+        and not url.database.startswith("file:")
+    ):
         return Path(url.database).resolve().parent / f"{run}-funnel.png"
     return Path.cwd() / f"{run}-funnel.png"
 
@@ -189,7 +194,7 @@ def plot_funnel(report: RunReport, path: str | Path) -> Path:
     values = [value for _, value in steps][::-1]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     bars = ax.barh(labels, values, color=["#4c72b0" if "solution" not in n else "#dd8452" for n in labels])
-    for bar, value in zip(bars, values):
+    for bar, value in zip(bars, values, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,}", va="center", fontsize=9)
     ax.set_xlabel("count (blue: problems, orange: solutions)")
     ax.set_title(f"self-instruct funnel, run {report.run!r}")

@@ -56,7 +56,9 @@ def storable(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
-def _call_record(model: str, request: GenerationRequest, completion: Completion, *, item_key: str = "", sample_index: int = 0) -> LLMCallRecord:
+def _call_record(
+    model: str, request: GenerationRequest, completion: Completion, *, item_key: str = "", sample_index: int = 0
+) -> LLMCallRecord:
     safe = completion.model_copy(update={"text": storable(completion.text)})
     return LLMCallRecord.from_completion(model, request, safe, item_key=item_key, sample_index=sample_index)
 
@@ -66,7 +68,7 @@ def _generate(backend: Backend, requests: list[GenerationRequest], stage: str) -
     results = backend.generate(requests)
     if len(results) != len(requests):
         raise BackendError(f"{stage}: the backend answered {len(results)} of {len(requests)} requests")
-    for request, completions in zip(requests, results):
+    for request, completions in zip(requests, results, strict=True):
         if len(completions) != request.n:
             raise BackendError(f"{stage}: the backend returned {len(completions)} samples where {request.n} were asked")
     return results
@@ -153,7 +155,9 @@ class ProblemsStage:
         if self.decontam is not None and (overlap := self.decontam.check(text)) is not None:
             return NewProblem(text=text, norm_hash=key, status="contaminated", reason=overlap)
         if self.near is not None and (original := self.near.add(text)) is not None:
-            return NewProblem(text=text, norm_hash=key, status="near_duplicate", reason=f"near duplicate of: {original[:200]}")
+            return NewProblem(
+                text=text, norm_hash=key, status="near_duplicate", reason=f"near duplicate of: {original[:200]}"
+            )
         self.accepted += 1
         return NewProblem(text=text, norm_hash=key)
 
@@ -167,7 +171,7 @@ class ProblemsStage:
         backend = self._backend()
         results = _generate(backend, requests, self.name)
         recorded = 0
-        for index, request, (completion,) in zip(indices, requests, results):
+        for index, request, (completion,) in zip(indices, requests, results, strict=True):
             if self.finished():
                 break
             parsed = parse_problems(completion.text, completion.finish_reason, min_chars=self.cfg.min_chars)
@@ -209,12 +213,12 @@ class TestsStage:
                 stop=list(TESTS_STOP),
                 seed=derive_seed(self.ctx.cfg.seed, "tests", identity),
             )
-            for problem, identity in zip(pending, identities)
+            for problem, identity in zip(pending, identities, strict=True)
         ]
         backend = self._backend()
         results = _generate(backend, requests, self.name)
         outcomes = []
-        for problem, identity, request, (completion,) in zip(pending, identities, requests, results):
+        for problem, identity, request, (completion,) in zip(pending, identities, requests, results, strict=True):
             parsed = parse_tests(completion.text, completion.finish_reason)
             call = _call_record(backend.model_name, request, completion)
             if parsed.tests:
@@ -255,7 +259,7 @@ class SolutionsStage:
         backend = self._backend()
         results = _generate(backend, requests, self.name)
         outcomes = []
-        for problem, request, completions in zip(pending, requests, results):
+        for problem, request, completions in zip(pending, requests, results, strict=True):
             samples = []
             for index, completion in enumerate(completions):
                 parsed = parse_solution(completion.text, completion.finish_reason)
@@ -267,7 +271,9 @@ class SolutionsStage:
                         parse_error=None if parsed.ok else storable(parsed.failure.detail) or None,  # type: ignore[union-attr]
                     )
                 )
-            outcomes.append(SolutionsOutcome(problem_id=problem.id, shown_test_id=problem.shown_test.id, samples=samples))
+            outcomes.append(
+                SolutionsOutcome(problem_id=problem.id, shown_test_id=problem.shown_test.id, samples=samples)
+            )
         queries.record_solutions(self.ctx.engine, self.ctx.run_id, outcomes)
         return len(outcomes)
 

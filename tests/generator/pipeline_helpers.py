@@ -67,13 +67,17 @@ def table_counts(db_url: str) -> dict[str, int]:
 
 def duplicate_rows(db_url: str) -> dict[str, int]:
     """Rows that repeat an identity (there must be none, whatever happened to the writer)."""
+    identities = {
+        "llm_calls": "run_id, stage, item_key, sample_index",
+        "problems": "run_id, norm_hash",
+        "tests": 'problem_id, "index"',
+        "solutions": "problem_id, sample_index",
+        "executions": "solution_id",
+        "triples": "problem_id",
+    }
     checks = {
-        "llm_calls": "SELECT count(*) FROM (SELECT 1 FROM llm_calls GROUP BY run_id, stage, item_key, sample_index HAVING count(*) > 1)",
-        "problems": "SELECT count(*) FROM (SELECT 1 FROM problems GROUP BY run_id, norm_hash HAVING count(*) > 1)",
-        "tests": "SELECT count(*) FROM (SELECT 1 FROM tests GROUP BY problem_id, \"index\" HAVING count(*) > 1)",
-        "solutions": "SELECT count(*) FROM (SELECT 1 FROM solutions GROUP BY problem_id, sample_index HAVING count(*) > 1)",
-        "executions": "SELECT count(*) FROM (SELECT 1 FROM executions GROUP BY solution_id HAVING count(*) > 1)",
-        "triples": "SELECT count(*) FROM (SELECT 1 FROM triples GROUP BY problem_id HAVING count(*) > 1)",
+        table: f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {columns} HAVING count(*) > 1)"
+        for table, columns in identities.items()
     }
     engine = make_engine(db_url, must_exist=True)
     try:

@@ -55,7 +55,10 @@ def test_overrides_are_yaml_values_and_the_fingerprint_tracks_the_recipe_only(co
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("problems.target=lots", "problems.target: Input should be a valid integer, unable to parse string as an integer (got \"lots\")"),
+        (
+            "problems.target=lots",
+            'problems.target: Input should be a valid integer, unable to parse string as an integer (got "lots")',
+        ),
         ("problems.tagret=5", "unknown key 'problems.tagret'"),
         ("tests.backend.kind=gpt", "tests.backend.kind: 'gpt' is not one of 'openai', 'vllm', 'torch', 'plugin'"),
         ("tests.backend.modle=x", "unknown key 'tests.backend.modle'"),
@@ -91,7 +94,10 @@ def test_missing_sections_files_and_malformed_overrides(tmp_path, config_file):
 def test_the_command_line_prints_one_line_and_exits_2(config_file):
     result = subprocess.run(
         [sys.executable, "-m", "selfinstruct", "generate", "--config", str(config_file), "--set", "problems.target=-3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -101,8 +107,17 @@ def test_the_command_line_prints_one_line_and_exits_2(config_file):
 
 def test_seeds_are_stable_and_depend_on_identity_only():
     assert derive_seed(0, "tests", "abc") == derive_seed(0, "tests", "abc")
-    assert len({derive_seed(0, "tests", "abc"), derive_seed(1, "tests", "abc"), derive_seed(0, "solutions", "abc"),
-                derive_seed(0, "tests", "abd")}) == 4
+    assert (
+        len(
+            {
+                derive_seed(0, "tests", "abc"),
+                derive_seed(1, "tests", "abc"),
+                derive_seed(0, "solutions", "abc"),
+                derive_seed(0, "tests", "abd"),
+            }
+        )
+        == 4
+    )
     assert 0 <= derive_seed(2**40, "problems", 17) < 2**31
     picks = [shown_test_index(0, f"problem-{i}", 5) for i in range(200)]
     assert set(picks) == {0, 1, 2, 3, 4}  # every test gets shown for some problem

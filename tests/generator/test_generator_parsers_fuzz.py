@@ -84,7 +84,11 @@ def _cases(rng: random.Random):
         if kind == 0:  # non-UTF-8 bytes: a real completion with invalid bytes spliced in
             raw = base.encode("utf-8")
             position = rng.randrange(len(raw) + 1)
-            yield raw[:position] + bytes([rng.choice([0x80, 0xC3, 0xFF, 0xFE, 0xED])]) + b"\xff" + raw[position:], "stop", "not_utf8"
+            yield (
+                raw[:position] + bytes([rng.choice([0x80, 0xC3, 0xFF, 0xFE, 0xED])]) + b"\xff" + raw[position:],
+                "stop",
+                "not_utf8",
+            )
         elif kind == 1 and index % 50 == 1:  # huge output, past the limit
             yield base * (MAX_COMPLETION_CHARS // len(base) + 2), "length", "too_long"
         elif kind == 1:  # large but allowed: a model that repeats itself until the token limit
@@ -141,6 +145,18 @@ def test_fuzzed_completions_never_crash_and_every_failure_has_a_reason():
 
     assert total >= 10_000
     # The fuzzer reached every way a completion can fail that it is built to produce.
-    for reason in ("not_utf8", "nul_byte", "too_long", "empty", "no_list", "truncated", "missing_tag",
-                   "syntax_error", "not_assert", "duplicate", "no_tests", "no_function"):
+    for reason in (
+        "not_utf8",
+        "nul_byte",
+        "too_long",
+        "empty",
+        "no_list",
+        "truncated",
+        "missing_tag",
+        "syntax_error",
+        "not_assert",
+        "duplicate",
+        "no_tests",
+        "no_function",
+    ):
         assert reasons[reason] > 0, (reason, reasons)

@@ -102,7 +102,10 @@ def test_the_same_run_on_ray_sandbox_actors_yields_the_same_triples(tmp_path, do
     config = write_config(tmp_path / "ray.yaml", data)
     result = subprocess.run(
         [sys.executable, "-m", "generator", "run", "--config", str(config), "--no-progress", "--json"],
-        cwd=root, capture_output=True, text=True, timeout=280,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=280,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

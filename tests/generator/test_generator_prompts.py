@@ -9,7 +9,10 @@ def test_prompts_are_the_papers_text():
     assert prompts.PROBLEMS_PROMPT.startswith("[INST] Write 50 programming interview questions of easy and medium")
     assert prompts.PROBLEMS_PROMPT.endswith("single standalone Python function using standard libraries. [/INST]")
     assert 'You must write the comment "#Test case n:" on a separate line' in prompts.TESTS_PROMPT
-    assert "assert get_unique_elements([1, 2, 3, 2, 1]) == [1, 2, 3]\n[/TESTS]\n[INST] Problem: %%%question%%%\n[/INST]" in prompts.TESTS_PROMPT
+    assert (
+        "assert get_unique_elements([1, 2, 3, 2, 1]) == [1, 2, 3]\n[/TESTS]\n[INST] Problem: %%%question%%%\n[/INST]"
+        in prompts.TESTS_PROMPT
+    )
     assert "from which you can infere the function signature." in prompts.SOLUTIONS_PROMPT  # the paper's spelling
     assert prompts.SOLUTIONS_PROMPT.endswith("[INST] Problem: %%%question%%%\nTest: %%%test%%%\n[/INST]")
 

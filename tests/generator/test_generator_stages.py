@@ -16,6 +16,10 @@ from generator.stages import ProblemsStage, StageContext, TestsStage
 SYLLABLES = ["ka", "lo", "mi", "ne", "pu", "ra", "si", "to", "vu", "ze", "bo", "de"]
 
 
+def _words(rng: random.Random, count: int) -> list[str]:
+    return ["".join(rng.choice(SYLLABLES) for _ in range(4)) for _ in range(count)]
+
+
 class SeededProblems:
     """Answers a problems prompt with 4 new problems chosen by the request's seed, plus a near paraphrase."""
 
@@ -32,15 +36,15 @@ class SeededProblems:
                 text = "[TESTS]\n# Test case 1:\nassert f(1) == 1\n# Test case 2:\nassert f(2) == 2\nassert f(3) == 3\n"
             else:
                 rng = random.Random(request.seed)
-
-                def word() -> str:
-                    return "".join(rng.choice(SYLLABLES) for _ in range(4))
-
-                items = [f"Write a function {word()} that returns the {word()} {word()} {word()} of {word()} {word()} {word()} values."
-                         for _ in range(4)]
+                items = [
+                    "Write a function {} that returns the {} {} {} of {} {} {} values.".format(*_words(rng, 7))
+                    for _ in range(4)
+                ]
                 items.append(items[0].replace(" values.", " items."))  # a near duplicate of the first
                 text = "\n".join(f"{i}. {item}" for i, item in enumerate(items, start=1))
-            out.append([Completion(text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=5, latency_s=0.0)])
+            out.append(
+                [Completion(text=text, finish_reason="stop", prompt_tokens=3, completion_tokens=5, latency_s=0.0)]
+            )
         return out
 
     def close(self) -> None:
@@ -49,12 +53,24 @@ class SeededProblems:
 
 def _context(tmp_path, name: str, **problems) -> StageContext:
     plugin = {"kind": "plugin", "factory": "x:y"}
-    cfg = validate_config({
-        "run": "stages", "db": f"sqlite:///{tmp_path / name}", "seed": 5,
-        "problems": {"target": 7, "per_call": 5, "max_calls": 10,
-                     "near_dup": {"enabled": True, "threshold": 0.6}, "backend": plugin, **problems},
-        "tests": {"backend": plugin}, "solutions": {"backend": plugin}, "ray": {"enabled": False},
-    })
+    cfg = validate_config(
+        {
+            "run": "stages",
+            "db": f"sqlite:///{tmp_path / name}",
+            "seed": 5,
+            "problems": {
+                "target": 7,
+                "per_call": 5,
+                "max_calls": 10,
+                "near_dup": {"enabled": True, "threshold": 0.6},
+                "backend": plugin,
+                **problems,
+            },
+            "tests": {"backend": plugin},
+            "solutions": {"backend": plugin},
+            "ray": {"enabled": False},
+        }
+    )
     engine = make_engine(cfg.db)
     init_db(engine)
     run_id = queries.start_run(engine, cfg.run, cfg.model_dump(mode="json"), cfg.fingerprint(), "test")
@@ -110,8 +126,9 @@ def test_tests_stage_records_asserts_and_a_seeded_shown_test(tmp_path):
     _drain(ProblemsStage(ctx, lambda: backend))
     _drain(TestsStage(ctx, lambda: backend))
     with ctx.engine.connect() as conn:
-        per_problem = conn.execute(sa.text(
-            "SELECT problem_id, count(*), sum(shown) FROM tests GROUP BY problem_id")).all()
+        per_problem = conn.execute(
+            sa.text("SELECT problem_id, count(*), sum(shown) FROM tests GROUP BY problem_id")
+        ).all()
     assert len(per_problem) == 8 and all(n == 3 and shown == 1 for _, n, shown in per_problem)
     tests_requests = [r for r in backend.requests if "Problem:" in r.prompt]
     assert all(r.stop == ["[/TESTS]"] and r.temperature == 0.2 for r in tests_requests)
