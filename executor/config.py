@@ -15,7 +15,7 @@ SANDBOX_UID = 10001  # the unprivileged user jobs run as; no entry in the image 
 class SandboxConfig(BaseModel):
     """Limits and pool shape. Per-job limits apply to the forked child; the container gets headroom on top.
 
-    The container's memory limit is `memory_mb + tmpfs_mb + RUNNER_HEADROOM_MB` (tmpfs pages are charged
+    The container's memory limit is `memory_mb + 2 * tmpfs_mb + RUNNER_HEADROOM_MB` (/tmp and /dev/shm pages are charged
     to the container's cgroup, and the runner needs a few MB of its own), with swap disabled.
     """
 
@@ -24,7 +24,8 @@ class SandboxConfig(BaseModel):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
                          description="warm containers, one job at a time each")
     timeout_s: float = Field(default=10.0, gt=0, le=3600, description="wall-clock limit per job")
-    memory_mb: int = Field(default=512, ge=32, description="address-space limit of a job's process")
+    memory_mb: int = Field(default=512, ge=64, description="address-space limit of a job's process (the runner's "
+                           "own ~28 MB, inherited by the fork, count towards it)")
     cpus: float = Field(default=1.0, gt=0, description="CPU share of each container (docker --cpus)")
     pids_limit: int = Field(default=64, ge=8, description="processes/threads per container (fork bombs)")
     tmpfs_mb: int = Field(default=64, ge=1, description="size of the writable /tmp (and /dev/shm)")

@@ -160,6 +160,10 @@ def _adopt(client: docker.DockerClient, source: str, log: Callable[[str], None])
         raise UserError(f"image {source!r} has no usable python3: {exc}") from exc
     if output.strip() != b"True":
         raise UserError(f"image {source!r} needs python >= 3.9 (got {output.strip()!r})")
+    try:  # the pool's idle main process
+        client.containers.run(image.id, ["sleep", "0"], network_mode="none", remove=True)
+    except docker.errors.ContainerError as exc:
+        raise UserError(f"image {source!r} has no `sleep` command (coreutils or busybox): {exc}") from exc
     digest = image.id.split(":")[-1][:12]
     _tag_latest(image, digest)
     name = f"{IMAGE_REPOSITORY}:{digest}"

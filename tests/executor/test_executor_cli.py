@@ -69,3 +69,20 @@ def test_missing_image_and_missing_file_are_one_line(sandbox_image, tmp_path):
 def test_build_is_quick_when_the_image_exists(sandbox_image):
     proc = _selfinstruct("build", timeout=60)
     assert proc.returncode == 0 and "sandbox image present" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_build_from_an_existing_image_and_from_one_that_cannot_be_had(sandbox_image, docker_client):
+    image = docker_client.images.get(sandbox_image)
+    docker_client.api.tag(image.id, "selfinstruct-test-base", "v1")
+    adopted_tag = f"selfinstruct-sandbox:{image.id.split(':')[1][:12]}"
+    try:
+        proc = _selfinstruct("build", "--from-image", "selfinstruct-test-base:v1")
+        assert proc.returncode == 0 and f"sandbox image ready: {adopted_tag}" in proc.stderr
+        assert docker_client.images.get("selfinstruct-sandbox:latest").id == image.id
+    finally:
+        docker_client.images.remove("selfinstruct-test-base:v1")
+        if adopted_tag not in image.tags:
+            docker_client.images.remove(adopted_tag)
+    proc = _selfinstruct("build", "--from-image", "registry.invalid/none:1")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: cannot get image")
