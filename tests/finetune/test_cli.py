@@ -52,3 +52,15 @@ def test_bad_export_line_from_the_command_line(tmp_path, tiny_checkpoint):
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'bad.jsonl'}:2: not valid JSON (Expecting property name " \
                                   "enclosed in double quotes)"
+
+
+@pytest.mark.parametrize("name", ["instruct-7b.yaml", "long-context.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    from finetune.config import load_config
+
+    config = load_config(Path(__file__).resolve().parents[2] / "finetune" / "configs" / name)
+    assert config.optim.betas == (0.9, 0.95) and config.optim.final_lr_ratio == pytest.approx(1 / 30)
+    if name == "long-context.yaml":
+        assert config.model.rope_theta == 1e6 and config.data.seq_len == config.model.max_seq_len == 16384
