@@ -64,7 +64,8 @@ def test_overrides_are_yaml_values_and_the_fingerprint_tracks_the_recipe_only(co
         ("tests.backend.modle=x", "unknown key 'tests.backend.modle'"),
         ("solutions.top_p=1.5", "solutions.top_p: Input should be less than or equal to 1 (got 1.5)"),
         ("selection=best", "selection: Input should be 'first' or 'random' (got \"best\")"),
-        ("sandbox.memory_mb=1", "sandbox.memory_mb: Input should be greater than or equal to 32 (got 1)"),
+        ("execution.batch_size=0", "execution.batch_size: Input should be greater than 0 (got 0)"),
+        ("sandbox.cpus=~", "sandbox.cpus: Input should be a valid number (got null)"),
         ("problems.near_dup.threshold=1", "problems.near_dup.threshold: Input should be less than 1 (got 1)"),
     ],
 )
@@ -122,3 +123,9 @@ def test_seeds_are_stable_and_depend_on_identity_only():
     picks = [shown_test_index(0, f"problem-{i}", 5) for i in range(200)]
     assert set(picks) == {0, 1, 2, 3, 4}  # every test gets shown for some problem
     assert picks == [shown_test_index(0, f"problem-{i}", 5) for i in range(200)]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "generator" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    cfg = load_config(path)
+    assert cfg.solutions.n == 10 and cfg.tests.count == 5 and cfg.problems.per_call == 50
