@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,6 +82,7 @@ class ActorPool(Generic[T, R]):
         self.max_chunk_retries = max_chunk_retries
         self.ready_timeout_s = ready_timeout_s
         self.stats = PoolStats()
+        self._lock = threading.Lock()
         self._slots = [_Slot(self._start()) for _ in range(size)]
         self._wait_ready([s.handle for s in self._slots])
 
@@ -95,8 +96,13 @@ class ActorPool(Generic[T, R]):
         return [s.handle for s in self._slots]
 
     def map(self, items: Sequence[T], chunk_size: int | None = None) -> list[R]:
+        """Results in item order. Calls from several threads take turns (the slots are shared state)."""
         if not items:
             return []
+        with self._lock:
+            return self._map(items, chunk_size)
+
+    def _map(self, items: Sequence[T], chunk_size: int | None) -> list[R]:
         if chunk_size is None:
             # ~4 chunks per actor: big enough to batch, small enough to balance and to lose little
             chunk_size = max(1, math.ceil(len(items) / (4 * self.size)))
@@ -135,7 +141,10 @@ class ActorPool(Generic[T, R]):
                     self.stats.chunks_done += 1
         except BaseException:
             for ref in inflight:
-                ray.cancel(ref, force=False)
+                try:
+                    ray.cancel(ref, force=False)
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    pass
             raise
         return [r for chunk in results for r in chunk]  # type: ignore[union-attr]
 

@@ -21,6 +21,7 @@ Placement:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ import ray
 
 from generator.actor_pool import ActorPool, PoolStats
 from generator.backends.base import BackendError, Completion, GenerationRequest
-from generator.backends.config import BackendConfig, OpenAIBackendConfig, TorchBackendConfig, VLLMBackendConfig
+from generator.backends.config import BackendConfig, TorchBackendConfig, VLLMBackendConfig
 from generator.ray_cluster import DOCKER_RESOURCE, cluster_resource, ensure_ray
 from selfinstruct.errors import UserError
 
@@ -164,8 +165,12 @@ class LLMPool:
         return self._pool.stats
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
+        chunk_size = self.chunk_size
+        if chunk_size is None and isinstance(self.cfg, VLLMBackendConfig) and requests:
+            # vLLM schedules a whole batch itself: one big call per engine beats several small ones
+            chunk_size = math.ceil(len(requests) / self.replicas)
         try:
-            return self._pool.map(requests, self.chunk_size)
+            return self._pool.map(requests, chunk_size)
         except BackendError:
             raise
         except UserError:

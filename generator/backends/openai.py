@@ -196,7 +196,7 @@ class OpenAIBackend:
             completion_shares = split_completion_tokens(completion_tokens, texts, reasons, request.max_tokens)
             return [
                 Completion(text=text, finish_reason=reason, prompt_tokens=p, completion_tokens=c, latency_s=latency)
-                for text, reason, p, c in zip(texts, reasons, prompt_shares, completion_shares)
+                for text, reason, p, c in zip(texts, reasons, prompt_shares, completion_shares, strict=True)
             ]
         raise AssertionError("unreachable")
 

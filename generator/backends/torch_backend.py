@@ -82,7 +82,7 @@ class TorchBackend:
                     max_batch_size=self.cfg.batch_size,
                 )
                 latency = time.perf_counter() - started
-                for i, samples in zip(indices, outputs):
+                for i, samples in zip(indices, outputs, strict=True):
                     shares = split_evenly(samples[0].prompt_tokens, len(samples))
                     results[i] = [
                         Completion(
@@ -92,7 +92,7 @@ class TorchBackend:
                             completion_tokens=s.completion_tokens,
                             latency_s=latency,
                         )
-                        for s, share in zip(samples, shares)
+                        for s, share in zip(samples, shares, strict=True)
                     ]
         return results  # type: ignore[return-value]
 

@@ -38,6 +38,6 @@ def split_completion_tokens(total: int, texts: Sequence[str], reasons: Sequence[
         # largest remainders first, so the shares add up to `rest` exactly
         for i in sorted(range(len(exact)), key=lambda k: exact[k] - shares[k], reverse=True)[: rest - sum(shares)]:
             shares[i] += 1
-    for i, share in zip(rest_idx, shares):
+    for i, share in zip(rest_idx, shares, strict=True):
         counts[i] = share
     return counts

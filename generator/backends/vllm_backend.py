@@ -92,7 +92,7 @@ def completions_from_output(output: _RequestOutput, n: int, latency_s: float) ->
             completion_tokens=len(sample.token_ids),
             latency_s=latency_s,
         )
-        for sample, share in zip(samples, prompt_shares)
+        for sample, share in zip(samples, prompt_shares, strict=True)
     ]
 
 
@@ -162,7 +162,7 @@ class VLLMBackend:
         if len(outputs) != len(requests):
             raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(requests)} requests")
         return [
-            completions_from_output(out, r.n, _request_latency(out, elapsed)) for out, r in zip(outputs, requests)
+            completions_from_output(out, r.n, _request_latency(out, elapsed)) for out, r in zip(outputs, requests, strict=True)
         ]
 
     def close(self) -> None:

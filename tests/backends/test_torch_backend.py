@@ -29,7 +29,7 @@ def test_completions_equal_calling_the_model_directly(backend, tiny_checkpoint):
                     max_new_tokens=6, seed=3)
     assert [[c.text for c in cs] for cs in got] == [[o.text for o in os_] for os_ in want]
     assert [[c.completion_tokens for c in cs] for cs in got] == [[o.completion_tokens for o in os_] for os_ in want]
-    for cs, prompt in zip(got, [r.prompt for r in requests]):
+    for cs, prompt in zip(got, [r.prompt for r in requests], strict=True):
         assert sum(c.prompt_tokens for c in cs) == len(tokenizer.encode(prompt, bos=True))
         assert all(c.latency_s > 0 and 1 <= c.completion_tokens <= 6 for c in cs)
 
