@@ -76,7 +76,7 @@ def duplicate_rows(db_url: str) -> dict[str, int]:
         "triples": "problem_id",
     }
     checks = {
-        table: f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {columns} HAVING count(*) > 1)"
+        table: f"SELECT count(*) FROM (SELECT 1 FROM {table} GROUP BY {columns} HAVING count(*) > 1) AS repeated"
         for table, columns in identities.items()
     }
     engine = make_engine(db_url, must_exist=True)

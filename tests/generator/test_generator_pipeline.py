@@ -112,3 +112,22 @@ def test_the_same_run_on_ray_sandbox_actors_yields_the_same_triples(tmp_path, do
     assert report["status"] == "finished" and report["funnel"]["executions"]["executed"] == 38
     got = triples(f"sqlite:///{tmp_path / 'ray.db'}", "e2e")
     assert {(text, code) for text, code, _ in got} == EXPECTED_TRIPLES
+
+
+@pytest.mark.postgres
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_the_scripted_run_on_postgresql(tmp_path, docker_client, pg_schema_url):
+    cfg = validate_config(config_dict(tmp_path / "unused.db") | {"db": pg_schema_url})
+    report = Pipeline(cfg, progress=False, plot=False).run()
+    assert report.status == "finished"
+    assert {(text, code) for text, code, _ in triples(cfg.db, "e2e")} == EXPECTED_TRIPLES
+    before = table_counts(cfg.db)
+    Pipeline(cfg, progress=False, plot=False).run()
+    assert table_counts(cfg.db) == before
+    assert duplicate_rows(cfg.db) == dict.fromkeys(duplicate_rows(cfg.db), 0)
+    out = tmp_path / "export.jsonl"
+    assert export_main(["--db", cfg.db, "--run", "e2e", "--format", "chat", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(EXPECTED_TRIPLES)
+    assert all(row["text"].startswith("<s>[INST] ") and row["text"].endswith(" </s>") for row in rows)
