@@ -12,7 +12,8 @@ held, which is resubmitted to its replacement (generator/actor_pool.py).
 Placement:
 - vLLM: one actor per tensor-parallel group, `num_gpus=tensor_parallel_size`; with TP > 1 the
   engine runs its TP workers as subprocesses (`distributed_executor_backend="mp"`) on the GPUs
-  Ray gave the actor, so a group never straddles nodes. Default replicas: cluster GPUs // TP.
+  Ray gave the actor, so a group never straddles nodes. Default replicas: the GPUs free when the
+  pool starts, // TP (set `replicas` per stage when several models share a cluster).
 - torch: one actor per replica, `num_gpus=1` when its device is CUDA, else `num_cpus=1`.
 - openai: I/O-bound actors (`num_cpus=0`), each with the backend's own bounded concurrency.
 - sandbox: actors require the custom resource "docker" (one unit each, no Ray CPUs: the work runs
@@ -119,7 +120,15 @@ def default_llm_replicas(cfg: BackendConfig) -> int:
                 f"the vllm backend needs {cfg.tensor_parallel_size} GPU(s) per replica and the Ray cluster has "
                 f"{gpus}; add GPU nodes (`ray start --address HEAD:6379` on each) or use kind: openai/torch"
             )
-        return gpus // cfg.tensor_parallel_size
+        # GPUs that other pools (e.g. another stage's model) do not hold right now
+        free = int(ray.available_resources().get("GPU", 0.0))
+        if free < cfg.tensor_parallel_size:
+            raise UserError(
+                f"all {gpus} GPUs of the Ray cluster are held (by other stages' engines or jobs) and the vllm "
+                f"backend for {cfg.model} needs {cfg.tensor_parallel_size}; set `replicas` in each stage's "
+                "backend so that the pools share the cluster"
+            )
+        return free // cfg.tensor_parallel_size
     if isinstance(cfg, TorchBackendConfig):
         return cfg.replicas
     return 1

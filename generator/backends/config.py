@@ -38,7 +38,7 @@ class VLLMBackendConfig(_BackendConfigBase):
     kind: Literal["vllm"] = "vllm"
     model: str = Field(description="a Hugging Face model directory (or hub name on a node that can reach it)")
     tensor_parallel_size: PositiveInt = 1
-    replicas: PositiveInt | None = Field(default=None, description="engines in the pool; default: GPUs // tensor_parallel_size")
+    replicas: PositiveInt | None = Field(default=None, description="engines in the pool; default: GPUs free when the pool starts // tensor_parallel_size")
     dtype: str = "bfloat16"
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     max_model_len: PositiveInt | None = None
