@@ -51,8 +51,16 @@ PARAMS = {"temperature": 0.8, "top_p": 0.95, "max_tokens": 512, "stop": ["[/PYTH
 
 def _call(key: str = "", i: int = 0, completion: str = "") -> LLMCallRecord:
     return LLMCallRecord(
-        item_key=key, sample_index=i, model="codellama-7b-instruct", prompt="[INST] Problem: ... [/INST]",
-        completion=completion, params=PARAMS, seed=17, prompt_tokens=180, completion_tokens=90, latency_s=1.2,
+        item_key=key,
+        sample_index=i,
+        model="codellama-7b-instruct",
+        prompt="[INST] Problem: ... [/INST]",
+        completion=completion,
+        params=PARAMS,
+        seed=17,
+        prompt_tokens=180,
+        completion_tokens=90,
+        latency_s=1.2,
     )
 
 
@@ -73,7 +81,9 @@ class Timer:
         return out
 
 
-def bulk_run(engine: sa.Engine, n_problems: int, n_samples: int, batch: int) -> tuple[dict[str, float], dict[str, float]]:
+def bulk_run(
+    engine: sa.Engine, n_problems: int, n_samples: int, batch: int
+) -> tuple[dict[str, float], dict[str, float]]:
     """The batched path: (seconds per stage end to end with row counts, seconds inside record_* per stage)."""
     t: dict[str, float] = {}
     rec = Timer()
@@ -96,7 +106,14 @@ def bulk_run(engine: sa.Engine, n_problems: int, n_samples: int, batch: int) -> 
     tests = [f"assert solve([{k}, 1, {k}]) == sorted({{{k}, 1}})" for k in range(N_TESTS)]
     while pending := q.pending_tests(engine, run_id, batch):
         rec(
-            "tests", q.record_tests, engine, run_id, [TestsOutcome(problem_id=p.id, call=_call(completion="[TESTS]"), tests=tests, shown_index=p.id % N_TESTS) for p in pending]
+            "tests",
+            q.record_tests,
+            engine,
+            run_id,
+            [
+                TestsOutcome(problem_id=p.id, call=_call(completion="[TESTS]"), tests=tests, shown_index=p.id % N_TESTS)
+                for p in pending
+            ],
         )
     t["tests_s"] = time.perf_counter() - start
 
@@ -116,13 +133,24 @@ def bulk_run(engine: sa.Engine, n_problems: int, n_samples: int, batch: int) -> 
 
     start = time.perf_counter()
     last = 0
-    passed = Result(id="", outcome="passed", tests=[TestResult(passed=True)] * N_TESTS, duration_ms=3.1, image_digest="sha256:bench")
+    passed = Result(
+        id="", outcome="passed", tests=[TestResult(passed=True)] * N_TESTS, duration_ms=3.1, image_digest="sha256:bench"
+    )
     failed = Result(
-        id="", outcome="failed", tests=[TestResult(passed=False, error="AssertionError")] * N_TESTS, duration_ms=2.9,
-        stderr="Traceback ...\nAssertionError", image_digest="sha256:bench",
+        id="",
+        outcome="failed",
+        tests=[TestResult(passed=False, error="AssertionError")] * N_TESTS,
+        duration_ms=2.9,
+        stderr="Traceback ...\nAssertionError",
+        image_digest="sha256:bench",
     )
     while jobs := q.pending_executions(engine, run_id, batch, after_solution_id=last):
-        rec("executions", q.record_executions, engine, [(j.solution_id, passed if j.solution_id % 3 == 0 else failed) for j in jobs])
+        rec(
+            "executions",
+            q.record_executions,
+            engine,
+            [(j.solution_id, passed if j.solution_id % 3 == 0 else failed) for j in jobs],
+        )
         last = jobs[-1].solution_id
     t["executions_s"] = time.perf_counter() - start
 
@@ -142,10 +170,17 @@ def per_row_baseline(engine: sa.Engine, rows: int) -> dict[str, float]:
     out: dict[str, float] = {}
     ids: list[int] = []
     start = time.perf_counter()
-    for i in range(rows):
+    for _ in range(rows):
         text = f"baseline problem {uuid.uuid4().hex}"
         with session(engine) as s:
-            p = Problem(run_id=run_id, text=text, norm_hash=text_hash(text), status="accepted", tests_status="pending", solutions_status="pending")
+            p = Problem(
+                run_id=run_id,
+                text=text,
+                norm_hash=text_hash(text),
+                status="accepted",
+                tests_status="pending",
+                solutions_status="pending",
+            )
             s.add(p)
             s.flush()
             ids.append(p.id)
@@ -164,8 +199,15 @@ def per_row_baseline(engine: sa.Engine, rows: int) -> dict[str, float]:
         with session(engine) as s:
             s.add(
                 Execution(
-                    solution_id=sid, outcome="passed", tests=[{"passed": True, "error": None}] * N_TESTS, tests_passed=N_TESTS,
-                    tests_total=N_TESTS, duration_ms=3.1, stdout="", stderr="", image_digest="sha256:bench",
+                    solution_id=sid,
+                    outcome="passed",
+                    tests=[{"passed": True, "error": None}] * N_TESTS,
+                    tests_passed=N_TESTS,
+                    tests_total=N_TESTS,
+                    duration_ms=3.1,
+                    stdout="",
+                    stderr="",
+                    image_digest="sha256:bench",
                 )
             )
     out["executions_rows_s"] = rows / (time.perf_counter() - start)
@@ -178,8 +220,23 @@ def export_bench(url: str, out_dir: Path) -> dict[str, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "db", "export", "--db", url, "--format", "jsonl", "--out", str(out), "--split-val", "0.05"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "db",
+            "export",
+            "--db",
+            url,
+            "--format",
+            "jsonl",
+            "--out",
+            str(out),
+            "--split-val",
+            "0.05",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -233,15 +290,27 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) -> d
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--problems", type=int, default=5000, help="problems (multiple of 50); the issue's full size is 100000")
+    ap.add_argument(
+        "--problems", type=int, default=5000, help="problems (multiple of 50); the issue's full size is 100000"
+    )
     ap.add_argument("--samples", type=int, default=10, help="solutions per problem")
     ap.add_argument("--batch", type=int, default=1000, help="rows per pending/record batch")
     ap.add_argument("--per-row", type=int, default=1000, help="rows per table for the one-commit-per-row baseline")
-    ap.add_argument("--pg-url", default=os.environ.get("SELFINSTRUCT_TEST_PG_URL"), help="PostgreSQL URL (a fresh schema is made and dropped)")
+    ap.add_argument(
+        "--pg-url",
+        default=os.environ.get("SELFINSTRUCT_TEST_PG_URL"),
+        help="PostgreSQL URL (a fresh schema is made and dropped)",
+    )
     ap.add_argument("--no-pg", action="store_true")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args()
-    result: dict = {"bench": "db", "problems": args.problems, "samples": args.samples, "batch": args.batch, "per_row": args.per_row}
+    result: dict = {
+        "bench": "db",
+        "problems": args.problems,
+        "samples": args.samples,
+        "batch": args.batch,
+        "per_row": args.per_row,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-db-") as d:
         tmp = Path(d)
         result["sqlite"] = bench_backend("sqlite", f"sqlite:///{tmp / 'bench.db'}", args, tmp)
@@ -252,7 +321,9 @@ def main() -> int:
                 conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
             try:
                 sep = "&" if "?" in args.pg_url else "?"
-                result["postgresql"] = bench_backend("postgresql", f"{args.pg_url}{sep}options=-csearch_path%3D{schema}", args, tmp)
+                result["postgresql"] = bench_backend(
+                    "postgresql", f"{args.pg_url}{sep}options=-csearch_path%3D{schema}", args, tmp
+                )
             finally:
                 with admin.begin() as conn:
                     conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")

@@ -30,7 +30,9 @@ def _db_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfinstruct db", description="The pipeline database: migrations and statistics.")
+    parser = argparse.ArgumentParser(
+        prog="selfinstruct db", description="The pipeline database: migrations and statistics."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("upgrade", help="create the database or migrate it to the newest schema")
     _db_arg(up)
@@ -119,12 +121,16 @@ def _runs(args: argparse.Namespace) -> int:
         require_schema(engine)
         with read_transaction(engine) as conn:
             rows = conn.execute(
-                sa.select(Run.id, Run.name, Run.status, Run.code_version, Run.created_at, Run.finished_at).order_by(Run.id)
+                sa.select(Run.id, Run.name, Run.status, Run.code_version, Run.created_at, Run.finished_at).order_by(
+                    Run.id
+                )
             ).all()
     finally:
         engine.dispose()
     for r in rows:
-        print(f"{r.id}\t{r.name}\t{r.status}\t{r.code_version}\tcreated {r.created_at}\tfinished {r.finished_at or '-'}")
+        print(
+            f"{r.id}\t{r.name}\t{r.status}\t{r.code_version}\tcreated {r.created_at}\tfinished {r.finished_at or '-'}"
+        )
     return 0
 
 

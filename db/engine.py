@@ -40,7 +40,9 @@ def normalize_url(url: str) -> sa.URL:
     try:
         return sa.engine.make_url(url)
     except (sa.exc.ArgumentError, ValueError) as exc:
-        raise UserError(f"not a database URL: {url!r} ({exc}); use e.g. sqlite:///runs/db.sqlite or postgresql+psycopg2://user:pw@host/db") from None
+        raise UserError(
+            f"not a database URL: {url!r} ({exc}); use e.g. sqlite:///runs/db.sqlite or postgresql+psycopg2://user:pw@host/db"
+        ) from None
 
 
 def display_url(url: sa.URL | str | Engine) -> str:
@@ -71,7 +73,9 @@ def make_engine(url: str | sa.URL, *, must_exist: bool = False, echo: bool = Fal
         path = _sqlite_file(url)
         if path is not None:
             if must_exist and not path.exists():
-                raise UserError(f"no database at {path}; run `selfinstruct db upgrade --db {display_url(url)}` to create one")
+                raise UserError(
+                    f"no database at {path}; run `selfinstruct db upgrade --db {display_url(url)}` to create one"
+                )
             path.parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     elif url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg2", "psycopg"):

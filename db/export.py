@@ -186,11 +186,28 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
 
     page = (
         sa.select(
-            t.c.id, r.c.name, r.c.id, p.c.id, p.c.text, p.c.norm_hash, s.c.id, s.c.code, s.c.sample_index,
-            t.c.selection_rule, shown.c.code, e.c.image_digest, e.c.tests_passed, e.c.tests_total,
-            pcall.c.model, raw_json(pcall.c.params), pcall.c.seed,
-            tcall.c.model, raw_json(tcall.c.params), tcall.c.seed,
-            scall.c.model, raw_json(scall.c.params), scall.c.seed,
+            t.c.id,
+            r.c.name,
+            p.c.id,
+            p.c.text,
+            p.c.norm_hash,
+            s.c.id,
+            s.c.code,
+            s.c.sample_index,
+            t.c.selection_rule,
+            shown.c.code,
+            e.c.image_digest,
+            e.c.tests_passed,
+            e.c.tests_total,
+            pcall.c.model,
+            raw_json(pcall.c.params),
+            pcall.c.seed,
+            tcall.c.model,
+            raw_json(tcall.c.params),
+            tcall.c.seed,
+            scall.c.model,
+            raw_json(scall.c.params),
+            scall.c.seed,
         )
         .select_from(t)
         .join(p, p.c.id == t.c.problem_id)
@@ -209,7 +226,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
     with read_transaction(engine) as conn:  # one snapshot for the whole export
         while rows := conn.execute(page.where(t.c.id > last)).all():
             last = rows[-1][0]
-            problem_ids = [row[3] for row in rows]
+            problem_ids = [row[2] for row in rows]
             tests_of: dict[int, list[str]] = defaultdict(list)
             for pid, code in conn.execute(
                 sa.select(tests.c.problem_id, tests.c.code)
@@ -217,8 +234,30 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                 .order_by(tests.c.problem_id, tests.c.index)
             ):
                 tests_of[pid].append(code)
-            for (_, run, run_id, pid, text, norm_hash, sid, code, sample_index, rule, shown_code, digest, passed,
-                 total, p_model, p_params, p_seed, t_model, t_params, t_seed, s_model, s_params, s_seed) in rows:
+            for (
+                _,
+                run,
+                pid,
+                text,
+                norm_hash,
+                sid,
+                code,
+                sample_index,
+                rule,
+                shown_code,
+                digest,
+                passed,
+                total,
+                p_model,
+                p_params,
+                p_seed,
+                t_model,
+                t_params,
+                t_seed,
+                s_model,
+                s_params,
+                s_seed,
+            ) in rows:
                 yield Triplet(
                     run=run,
                     problem_id=pid,
@@ -356,13 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export selected (problem, tests, solution) triples as JSONL or Llama 2 chat data.",
     )
     default_db = env_url()
-    ap.add_argument("--db", default=default_db, required=default_db is None, help="SQLAlchemy URL or SQLite path (default: $SELFINSTRUCT_DB)")
+    ap.add_argument(
+        "--db",
+        default=default_db,
+        required=default_db is None,
+        help="SQLAlchemy URL or SQLite path (default: $SELFINSTRUCT_DB)",
+    )
     ap.add_argument("--run", action="append", default=[], help="only this run (repeatable); default: every run")
     ap.add_argument("--format", choices=("jsonl", "chat"), default="jsonl", dest="fmt")
-    ap.add_argument("--out", required=True, type=Path, help="training file; validation goes to the sibling NAME.val.SUFFIX")
-    ap.add_argument("--split-val", type=float, default=0.0, help="fraction for validation, by a stable hash of the row id")
+    ap.add_argument(
+        "--out", required=True, type=Path, help="training file; validation goes to the sibling NAME.val.SUFFIX"
+    )
+    ap.add_argument(
+        "--split-val", type=float, default=0.0, help="fraction for validation, by a stable hash of the row id"
+    )
     ap.add_argument("--min-tests-passed", type=int, default=0, help="only solutions that passed at least K tests")
-    ap.add_argument("--since", type=datetime.fromisoformat, help="only triples selected at or after this date (ISO 8601)")
+    ap.add_argument(
+        "--since", type=datetime.fromisoformat, help="only triples selected at or after this date (ISO 8601)"
+    )
     ap.add_argument("--dedup", action="store_true", help="keep one triple per problem hash across runs (the earliest)")
     ap.add_argument("--answer-format", choices=("python-tags", "plain"), default="python-tags")
     return ap
@@ -379,8 +429,12 @@ def main(argv: list[str] | None = None) -> int:
 
             for name in args.run:
                 get_run_id(engine, name)  # a missing run is a clear error, not an empty file
-        flt = ExportFilter(runs=tuple(args.run), min_tests_passed=args.min_tests_passed, since=args.since, dedup=args.dedup)
-        stats = export(engine, args.out, fmt=args.fmt, flt=flt, split_val=args.split_val, answer_format=args.answer_format)
+        flt = ExportFilter(
+            runs=tuple(args.run), min_tests_passed=args.min_tests_passed, since=args.since, dedup=args.dedup
+        )
+        stats = export(
+            engine, args.out, fmt=args.fmt, flt=flt, split_val=args.split_val, answer_format=args.answer_format
+        )
     finally:
         engine.dispose()
     msg = f"wrote {stats.train} training rows to {stats.train_path}"

@@ -38,7 +38,7 @@ from db.records import (
     TestsOutcome,
     problem_key,
 )
-from db.upsert import insert_ignore, insert_ignore_values
+from db.upsert import insert_ignore, insert_ignore_values, update_many
 from executor.jobs import Result
 from selfinstruct.errors import UserError
 
@@ -77,12 +77,20 @@ def start_run(
         insert_ignore(
             conn,
             runs_t,
-            [dict(name=name, config=config, config_fingerprint=fingerprint, code_version=code_version, status="running")],
+            [
+                dict(
+                    name=name,
+                    config=config,
+                    config_fingerprint=fingerprint,
+                    code_version=code_version,
+                    status="running",
+                )
+            ],
         )
-        row = conn.execute(
-            sa.select(runs_t.c.id, runs_t.c.config_fingerprint).where(runs_t.c.name == name)
-        ).one()
-        values: dict[str, Any] = dict(status="running", code_version=code_version, finished_at=None, updated_at=sa.func.now())
+        row = conn.execute(sa.select(runs_t.c.id, runs_t.c.config_fingerprint).where(runs_t.c.name == name)).one()
+        values: dict[str, Any] = dict(
+            status="running", code_version=code_version, finished_at=None, updated_at=sa.func.now()
+        )
         if row.config_fingerprint != fingerprint:
             if not allow_config_change:
                 raise UserError(
@@ -122,27 +130,59 @@ def get_run_id(engine: Engine, name: str) -> int:
     if run_id is None:
         names = run_names(engine)
         known = ", ".join(names[-10:]) if names else "none"
-        raise UserError(f"no run named {name!r} in the database (runs: {known}); `selfinstruct db stats --db URL` lists them")
+        raise UserError(
+            f"no run named {name!r} in the database (runs: {known}); `selfinstruct db stats --db URL` lists them"
+        )
     return int(run_id)
 
 
 CALL_COLUMNS = (
-    "run_id", "stage", "item_key", "sample_index", "model", "prompt", "completion", "params", "seed",
-    "prompt_tokens", "completion_tokens", "latency_s", "finish_reason",
+    "run_id",
+    "stage",
+    "item_key",
+    "sample_index",
+    "model",
+    "prompt",
+    "completion",
+    "params",
+    "seed",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_s",
+    "finish_reason",
 )
 
 
 SOLUTION_COLUMNS = ("problem_id", "sample_index", "call_id", "code", "parse_status", "parse_error", "shown_test_id")
 EXECUTION_COLUMNS = (
-    "solution_id", "outcome", "tests", "tests_passed", "tests_total", "duration_ms", "stdout", "stderr", "image_digest",
+    "solution_id",
+    "outcome",
+    "tests",
+    "tests_passed",
+    "tests_total",
+    "duration_ms",
+    "stdout",
+    "stderr",
+    "image_digest",
 )
 
 
 def _call_values(run_id: int, stage: str, call: LLMCallRecord, item_key: str, sample_index: int) -> tuple:
     """An LLMCall row in CALL_COLUMNS order."""
     return (
-        run_id, stage, item_key, sample_index, call.model, call.prompt, call.completion, call.params, call.seed,
-        call.prompt_tokens, call.completion_tokens, call.latency_s, call.finish_reason,
+        run_id,
+        stage,
+        item_key,
+        sample_index,
+        call.model,
+        call.prompt,
+        call.completion,
+        call.params,
+        call.seed,
+        call.prompt_tokens,
+        call.completion_tokens,
+        call.latency_s,
+        call.finish_reason,
     )
 
 
@@ -179,7 +219,9 @@ def count_problems(engine: Engine, run_id: int, status: str | None = "accepted")
         return int(conn.scalar(stmt) or 0)
 
 
-def existing_problem_texts(engine: Engine, run_id: int, statuses: Sequence[str] = ("accepted",)) -> list[tuple[int, str]]:
+def existing_problem_texts(
+    engine: Engine, run_id: int, statuses: Sequence[str] = ("accepted",)
+) -> list[tuple[int, str]]:
     """(id, text) of the run's problems with one of `statuses`, in insertion order: what a resumed run
     loads into its near-duplicate index."""
     with read_transaction(engine) as conn:
@@ -191,7 +233,9 @@ def existing_problem_texts(engine: Engine, run_id: int, statuses: Sequence[str] 
         return [(int(r.id), r.text) for r in rows]
 
 
-def record_problem_call(engine: Engine, run_id: int, call: LLMCallRecord, problems: Sequence[NewProblem]) -> ProblemCallStats:
+def record_problem_call(
+    engine: Engine, run_id: int, call: LLMCallRecord, problems: Sequence[NewProblem]
+) -> ProblemCallStats:
     """Record a problem-writing call and the questions parsed from it, in one transaction.
 
     Exact duplicates (a norm_hash already in the run, or twice in `problems`) are dropped by the
@@ -199,13 +243,6 @@ def record_problem_call(engine: Engine, run_id: int, call: LLMCallRecord, proble
     writes nothing and reports `already_recorded`.
     """
     return record_problem_calls(engine, run_id, [(call, problems)])[0]
-
-
-_set_call_counts = (
-    sa.update(calls_t)
-    .where(calls_t.c.id == sa.bindparam("b_id"))
-    .values(items_inserted=sa.bindparam("b_inserted"), items_duplicate=sa.bindparam("b_duplicate"))
-)
 
 
 def record_problem_calls(
@@ -244,19 +281,30 @@ def record_problem_calls(
         inserted_per_call: dict[int, int] = defaultdict(int)
         for (call_id,) in insert_ignore(conn, problems_t, problem_rows, returning=[problems_t.c.call_id]):
             inserted_per_call[call_id] += 1
-        counts = [
-            dict(b_id=fresh[call.item_key], b_inserted=inserted_per_call[fresh[call.item_key]],
-                 b_duplicate=len(problems) - inserted_per_call[fresh[call.item_key]])
-            for call, problems in items
-            if call.item_key in fresh
-        ]
-        if counts:
-            conn.execute(_set_call_counts, counts)
+        update_many(
+            conn,
+            calls_t,
+            "id",
+            ("items_inserted", "items_duplicate"),
+            [
+                (
+                    fresh[call.item_key],
+                    inserted_per_call[fresh[call.item_key]],
+                    len(problems) - inserted_per_call[fresh[call.item_key]],
+                )
+                for call, problems in items
+                if call.item_key in fresh
+            ],
+        )
         stored = {
             r.item_key: r
             for r in conn.execute(
                 sa.select(
-                    calls_t.c.item_key, calls_t.c.id, calls_t.c.items_parsed, calls_t.c.items_inserted, calls_t.c.items_duplicate
+                    calls_t.c.item_key,
+                    calls_t.c.id,
+                    calls_t.c.items_parsed,
+                    calls_t.c.items_inserted,
+                    calls_t.c.items_duplicate,
                 ).where(
                     calls_t.c.run_id == run_id,
                     calls_t.c.stage == "problems",
@@ -267,7 +315,7 @@ def record_problem_calls(
         }
     stats = []
     seen: set[str] = set()
-    for call, problems in items:
+    for call, _ in items:
         r = stored[call.item_key]
         new = call.item_key in fresh and call.item_key not in seen
         seen.add(call.item_key)
@@ -291,18 +339,13 @@ def pending_tests(engine: Engine, run_id: int, limit: int) -> list[ProblemRow]:
     with read_transaction(engine) as conn:
         rows = conn.execute(
             sa.select(problems_t.c.id, problems_t.c.text)
-            .where(problems_t.c.run_id == run_id, problems_t.c.status == "accepted", problems_t.c.tests_status == "pending")
+            .where(
+                problems_t.c.run_id == run_id, problems_t.c.status == "accepted", problems_t.c.tests_status == "pending"
+            )
             .order_by(problems_t.c.id)
             .limit(limit)
         )
         return [ProblemRow.model_construct(id=r.id, text=r.text) for r in rows]
-
-
-_set_tests_status = (
-    sa.update(problems_t)
-    .where(problems_t.c.id == sa.bindparam("b_id"))
-    .values(tests_status=sa.bindparam("b_status"), tests_reason=sa.bindparam("b_reason"), tests_call_id=sa.bindparam("b_call"))
-)
 
 
 def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> int:
@@ -325,19 +368,21 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
             for i, code in enumerate(it.tests)
         ]
         insert_ignore(conn, tests_t, test_rows)
-        if fresh:
-            conn.execute(
-                _set_tests_status,
-                [
-                    dict(
-                        b_id=it.problem_id,
-                        b_status="done" if it.failure is None else "failed",
-                        b_reason=it.failure,
-                        b_call=new_calls[problem_key(it.problem_id)],
-                    )
-                    for it in fresh
-                ],
-            )
+        update_many(
+            conn,
+            problems_t,
+            "id",
+            ("tests_status", "tests_reason", "tests_call_id"),
+            [
+                (
+                    it.problem_id,
+                    "done" if it.failure is None else "failed",
+                    it.failure,
+                    new_calls[problem_key(it.problem_id)],
+                )
+                for it in fresh
+            ],
+        )
     return len(fresh)
 
 
@@ -379,13 +424,6 @@ def pending_solutions(engine: Engine, run_id: int, limit: int) -> list[ProblemWi
     return out
 
 
-_set_solutions_status = (
-    sa.update(problems_t)
-    .where(problems_t.c.id == sa.bindparam("b_id"))
-    .values(solutions_status=sa.bindparam("b_status"), solutions_reason=sa.bindparam("b_reason"))
-)
-
-
 def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutcome]) -> int:
     """Record, per problem, its n solution calls and n Solution rows (sample_index = position in
     `samples`, with each sample's parse status) in one transaction. Returns the number of problems
@@ -420,16 +458,15 @@ def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutco
         # Problems without samples (the stage failed for them) carry no call rows: their status
         # update is idempotent by itself.
         status_rows = [
-            dict(
-                b_id=it.problem_id,
-                b_status="failed" if it.failure is not None or not it.samples else "done",
-                b_reason=it.failure if it.failure is not None or it.samples else "no_samples",
+            (
+                it.problem_id,
+                "failed" if it.failure is not None or not it.samples else "done",
+                it.failure if it.failure is not None or it.samples else "no_samples",
             )
             for it in items
             if it.problem_id in fresh_ids or not it.samples
         ]
-        if status_rows:
-            conn.execute(_set_solutions_status, status_rows)
+        update_many(conn, problems_t, "id", ("solutions_status", "solutions_reason"), status_rows)
     return len(status_rows)
 
 
@@ -529,7 +566,12 @@ def _choose(rule: SelectionRule, seed: int, problem_id: int, passing: list[tuple
 
 
 def select_triples(
-    engine: Engine, run_id: int, rule: SelectionRule = "first", seed: int = 0, *, problem_ids: Iterable[int] | None = None
+    engine: Engine,
+    run_id: int,
+    rule: SelectionRule = "first",
+    seed: int = 0,
+    *,
+    problem_ids: Iterable[int] | None = None,
 ) -> int:
     """Give one triple to each problem whose parsed solutions have all been executed and at least one
     of which passed; returns the number of triples added now.
@@ -588,7 +630,12 @@ def select_triples(
             for problem_id, sample_index, solution_id in rows:
                 passing[problem_id].append((sample_index, solution_id))
             chosen = [
-                dict(run_id=run_id, problem_id=pid, solution_id=_choose(rule, seed, pid, passing[pid]), selection_rule=rule)
+                dict(
+                    run_id=run_id,
+                    problem_id=pid,
+                    solution_id=_choose(rule, seed, pid, passing[pid]),
+                    selection_rule=rule,
+                )
                 for pid in problem_ids
             ]
             added += len(insert_ignore(conn, triples_t, chosen, returning=[triples_t.c.id]))
@@ -632,12 +679,18 @@ def funnel(engine: Engine, run_id: int) -> dict[str, Any]:
         by_stage = {row[0]: row for row in calls}
         status = _counts(conn, sa.select(p.c.status, sa.func.count()).where(p.c.run_id == run_id).group_by(p.c.status))
         accepted = sa.and_(p.c.run_id == run_id, p.c.status == "accepted")
-        tests_status = _counts(conn, sa.select(p.c.tests_status, sa.func.count()).where(accepted).group_by(p.c.tests_status))
+        tests_status = _counts(
+            conn, sa.select(p.c.tests_status, sa.func.count()).where(accepted).group_by(p.c.tests_status)
+        )
         tests_failures = _counts(
             conn,
-            sa.select(p.c.tests_reason, sa.func.count()).where(accepted, p.c.tests_status == "failed").group_by(p.c.tests_reason),
+            sa.select(p.c.tests_reason, sa.func.count())
+            .where(accepted, p.c.tests_status == "failed")
+            .group_by(p.c.tests_reason),
         )
-        n_tests = conn.scalar(sa.select(sa.func.count()).select_from(tests_t).where(tests_t.c.problem_id.in_(run_problems)))
+        n_tests = conn.scalar(
+            sa.select(sa.func.count()).select_from(tests_t).where(tests_t.c.problem_id.in_(run_problems))
+        )
         sol_status = _counts(
             conn,
             sa.select(p.c.solutions_status, sa.func.count())
@@ -645,7 +698,10 @@ def funnel(engine: Engine, run_id: int) -> dict[str, Any]:
             .group_by(p.c.solutions_status),
         )
         parse = _counts(
-            conn, sa.select(s.c.parse_status, sa.func.count()).where(s.c.problem_id.in_(run_problems)).group_by(s.c.parse_status)
+            conn,
+            sa.select(s.c.parse_status, sa.func.count())
+            .where(s.c.problem_id.in_(run_problems))
+            .group_by(s.c.parse_status),
         )
         outcomes = _counts(
             conn,

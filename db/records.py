@@ -61,7 +61,13 @@ class LLMCallRecord(_Record):
 
     @classmethod
     def from_completion(
-        cls, model: str, request: GenerationRequest, completion: Completion, *, item_key: str = "", sample_index: int = 0
+        cls,
+        model: str,
+        request: GenerationRequest,
+        completion: Completion,
+        *,
+        item_key: str = "",
+        sample_index: int = 0,
     ) -> LLMCallRecord:
         """The record of the `sample_index`-th completion a backend returned for `request`."""
         return cls(

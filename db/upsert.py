@@ -117,3 +117,56 @@ def _insert_ignore_per_row(
         except sa.exc.IntegrityError:
             continue
     return inserted
+
+
+def update_many(
+    conn: Connection, table: sa.Table, key: str, names: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """UPDATE `table` SET names... WHERE key = ..., one row per value sequence (key first, then
+    `names`), in one round trip per chunk.
+
+    psycopg2's executemany sends one UPDATE per row; PostgreSQL gets `UPDATE ... FROM (VALUES ...)`
+    instead. SQLite's executemany runs in C and is used as is.
+    """
+    if not rows:
+        return
+    quote = conn.dialect.identifier_preparer.quote
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    columns = [table.c[n] for n in (key, *names)]
+    converters = [(i, f) for i, f in ((i, _converter(c)) for i, c in enumerate(columns)) if f is not None]
+
+    def convert(row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        for i, fn in converters:
+            values[i] = fn(values[i])
+        return values
+
+    try:
+        if conn.dialect.name == "postgresql":
+            type_of = conn.dialect.type_compiler_instance.process
+            sets = ", ".join(f"{quote(n)} = v.{quote(n)}::{type_of(table.c[n].type)}" for n in names)
+            cols = ", ".join(quote(n) for n in (key, *names))
+            row_sql = "(" + ", ".join(["%s"] * (1 + len(names))) + ")"
+            for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
+                chunk = rows[start : start + _MAX_ROWS_PER_STATEMENT]
+                params = [v for row in chunk for v in convert(row)]
+                cursor.execute(
+                    f"UPDATE {quote(table.name)} AS t SET {sets} FROM (VALUES {', '.join([row_sql] * len(chunk))}) "
+                    f"AS v({cols}) WHERE t.{quote(key)} = v.{quote(key)}::{type_of(table.c[key].type)}",
+                    params,
+                )
+        elif conn.dialect.name == "sqlite":
+            sets = ", ".join(f"{quote(n)} = ?" for n in names)
+            cursor.executemany(
+                f"UPDATE {quote(table.name)} SET {sets} WHERE {quote(key)} = ?",
+                [[*v[1:], v[0]] for v in map(convert, rows)],
+            )
+        else:
+            stmt = (
+                sa.update(table)
+                .where(table.c[key] == sa.bindparam("b_key"))
+                .values({n: sa.bindparam(f"b_{n}") for n in names})
+            )
+            conn.execute(stmt, [{"b_key": row[0], **{f"b_{n}": v for n, v in zip(names, row[1:])}} for row in rows])
+    finally:
+        cursor.close()

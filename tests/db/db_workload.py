@@ -56,7 +56,10 @@ def _call(item_key: str, completion: str, sample_index: int = 0, stage_model: st
 
 def problem_texts(call_index: int, per_call: int) -> list[str]:
     """Questions of one problem-writing call; calls overlap, so exact duplicates occur."""
-    return [f"Write a function f{(call_index * 5 + j) % 23} that returns its argument plus {(call_index * 5 + j) % 23}." for j in range(per_call)]
+    return [
+        f"Write a function f{(call_index * 5 + j) % 23} that returns its argument plus {(call_index * 5 + j) % 23}."
+        for j in range(per_call)
+    ]
 
 
 def new_problems(call_index: int, per_call: int) -> list[NewProblem]:
@@ -86,7 +89,11 @@ def solutions_outcome(problem_id: int, text: str, shown_test_id: int, n: int) ->
     for i in range(n):
         v = _h("solution", text, i) % 4
         if v == 0:
-            samples.append(SolutionSample(call=_call("", "no tags here", i), code=None, parse_status="no_tags", parse_error="no [PYTHON]"))
+            samples.append(
+                SolutionSample(
+                    call=_call("", "no tags here", i), code=None, parse_status="no_tags", parse_error="no [PYTHON]"
+                )
+            )
             continue
         code = f"def {fname}(x):\n    return x + {k if v != 1 else k + 1}\n"
         samples.append(SolutionSample(call=_call("", f"[PYTHON]\n{code}[/PYTHON]", i), code=code, parse_status="ok"))
@@ -105,10 +112,14 @@ def execute(code: str, tests: list[str]) -> Result:
         except AssertionError:
             results.append(TestResult(passed=False, error="AssertionError"))
     outcome = "passed" if all(r.passed for r in results) else "failed"
-    return Result(id="", outcome=outcome, tests=results, duration_ms=1.0, stdout="", stderr="", image_digest="sha256:test")
+    return Result(
+        id="", outcome=outcome, tests=results, duration_ms=1.0, stdout="", stderr="", image_digest="sha256:test"
+    )
 
 
-def run_pipeline(engine: sa.Engine, run_name: str, batch: int = 5, on_batch=lambda stage: None, rule: str = "first") -> int:
+def run_pipeline(
+    engine: sa.Engine, run_name: str, batch: int = 5, on_batch=lambda stage: None, rule: str = "first"
+) -> int:
     """Drive every stage to the end (resuming whatever is already recorded); returns the run id."""
     calls, per_call, n = CONFIG["problems"]["calls"], CONFIG["problems"]["per_call"], CONFIG["solutions"]["n"]
     run_id = queries.start_run(engine, run_name, CONFIG, FINGERPRINT, "test")
@@ -117,13 +128,17 @@ def run_pipeline(engine: sa.Engine, run_name: str, batch: int = 5, on_batch=lamb
         key = problem_call_key(c)
         if key in done:
             continue
-        queries.record_problem_call(engine, run_id, _call(key, "1. ...", stage_model="big-llm"), new_problems(c, per_call))
+        queries.record_problem_call(
+            engine, run_id, _call(key, "1. ...", stage_model="big-llm"), new_problems(c, per_call)
+        )
         on_batch("problems")
     while pending := queries.pending_tests(engine, run_id, batch):
         queries.record_tests(engine, run_id, [tests_outcome(p.id, p.text) for p in pending])
         on_batch("tests")
     while pending_s := queries.pending_solutions(engine, run_id, batch):
-        queries.record_solutions(engine, run_id, [solutions_outcome(p.id, p.text, p.shown_test.id, n) for p in pending_s])
+        queries.record_solutions(
+            engine, run_id, [solutions_outcome(p.id, p.text, p.shown_test.id, n) for p in pending_s]
+        )
         on_batch("solutions")
     while jobs := queries.pending_executions(engine, run_id, batch * 2):
         queries.record_executions(engine, [(j.solution_id, execute(j.code, j.tests)) for j in jobs])
@@ -148,13 +163,29 @@ def snapshot(engine: sa.Engine) -> dict[str, list[tuple]]:
         for r in conn.execute(sa.select(Run.name, Run.config_fingerprint, Run.status)):
             out["runs"].append(tuple(r))
         for r in conn.execute(
-            sa.select(LLMCall.run_id, LLMCall.stage, LLMCall.item_key, LLMCall.sample_index, LLMCall.completion,
-                      LLMCall.items_parsed, LLMCall.items_inserted, LLMCall.items_duplicate)
+            sa.select(
+                LLMCall.run_id,
+                LLMCall.stage,
+                LLMCall.item_key,
+                LLMCall.sample_index,
+                LLMCall.completion,
+                LLMCall.items_parsed,
+                LLMCall.items_inserted,
+                LLMCall.items_duplicate,
+            )
         ):
             out["llm_calls"].append((run_name[r[0]], r[1], key_text.get(r[2], r[2]), *r[3:]))
         for r in conn.execute(
-            sa.select(Problem.run_id, Problem.text, Problem.norm_hash, Problem.status, Problem.reason,
-                      Problem.tests_status, Problem.tests_reason, Problem.solutions_status)
+            sa.select(
+                Problem.run_id,
+                Problem.text,
+                Problem.norm_hash,
+                Problem.status,
+                Problem.reason,
+                Problem.tests_status,
+                Problem.tests_reason,
+                Problem.solutions_status,
+            )
         ):
             out["problems"].append((run_name[r[0]], *r[1:]))
         for r in conn.execute(sa.select(Test.problem_id, Test.index, Test.code, Test.shown)):
@@ -164,9 +195,13 @@ def snapshot(engine: sa.Engine) -> dict[str, list[tuple]]:
         ):
             out["solutions"].append((*sol[r[0]], *r[1:4], test_code.get(r[4])))
         for r in conn.execute(
-            sa.select(Execution.solution_id, Execution.outcome, Execution.tests, Execution.tests_passed, Execution.tests_total)
+            sa.select(
+                Execution.solution_id, Execution.outcome, Execution.tests, Execution.tests_passed, Execution.tests_total
+            )
         ):
-            out["executions"].append((*sol[r[0]], r[1], json.dumps(r[2], sort_keys=True), r[3], r[4]))  # JSONB reorders keys
+            out["executions"].append(
+                (*sol[r[0]], r[1], json.dumps(r[2], sort_keys=True), r[3], r[4])
+            )  # JSONB reorders keys
         for r in conn.execute(sa.select(Triple.run_id, Triple.problem_id, Triple.solution_id, Triple.selection_rule)):
             out["triples"].append((run_name[r[0]], problem_text[r[1]], *sol[r[2]], r[3]))
     return {k: sorted(v, key=repr) for k, v in out.items()}

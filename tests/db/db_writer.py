@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from db_workload import run_pipeline  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
 from db.engine import init_db, make_engine  # noqa: E402
-from db_workload import run_pipeline  # noqa: E402
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from db_workload import run_pipeline
 
 from db.engine import head_revision, make_engine, upgrade
-from db_workload import run_pipeline
 
 SELFINSTRUCT = Path(sys.executable).with_name("selfinstruct")
 

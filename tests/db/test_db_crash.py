@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from db_workload import run_pipeline, snapshot
 
 from db import queries
 from db.engine import init_db, make_engine
-from db_workload import run_pipeline, snapshot
 
 WRITER = Path(__file__).with_name("db_writer.py")
 STAGE_LINES = {"problems", "tests", "solutions", "executions"}
@@ -51,7 +51,7 @@ def test_sigkill_mid_batches_then_restart_leaves_exactly_the_rows_of_an_uninterr
 ) -> None:
     rng = random.Random(8)
     kills = 0
-    for attempt in range(12):
+    for _ in range(12):
         proc = _writer(db_url, "--slow-ms", "4")
         batches, finished = 0, False
         target = rng.randint(1, 3)

@@ -95,7 +95,9 @@ def test_migrations_keep_the_data_of_a_populated_database(db_url: str) -> None:
     run_pipeline(engine, "run")
     before = snapshot(engine)
     with read_transaction(engine) as conn:
-        linked = dict(conn.execute(sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))).all())
+        linked = dict(
+            conn.execute(sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))).all()
+        )
     assert linked and len(before["tests"]) > 10
     downgrade(engine, "0002")
     with read_transaction(engine) as conn:
@@ -103,7 +105,14 @@ def test_migrations_keep_the_data_of_a_populated_database(db_url: str) -> None:
     assert upgrade(engine) == ("0002", head_revision())
     assert snapshot(engine) == before
     with read_transaction(engine) as conn:
-        assert dict(conn.execute(sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))).all()) == linked
+        assert (
+            dict(
+                conn.execute(
+                    sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))
+                ).all()
+            )
+            == linked
+        )
         if conn.dialect.name == "sqlite":
             assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1  # switched back on
     engine.dispose()

@@ -7,11 +7,22 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from db_workload import run_pipeline
 
 from db import queries
-from db.export import ChatRow, ExportFilter, JsonlRow, answer_text, export, is_validation, iter_triples, main, row_id, val_path
+from db.export import (
+    ChatRow,
+    ExportFilter,
+    JsonlRow,
+    answer_text,
+    export,
+    is_validation,
+    iter_triples,
+    main,
+    row_id,
+    val_path,
+)
 from db.models import Execution, Problem, Triple
-from db_workload import run_pipeline
 from model.chat import chat_text, prompt_answer_text
 
 
@@ -27,7 +38,9 @@ def two_runs(engine: sa.Engine) -> sa.Engine:
     return engine
 
 
-def test_jsonl_rows_carry_problem_tests_solution_and_provenance(two_runs: sa.Engine, db_url: str, tmp_path: Path) -> None:
+def test_jsonl_rows_carry_problem_tests_solution_and_provenance(
+    two_runs: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
     out = tmp_path / "data.jsonl"
     stats = export(two_runs, out, fmt="jsonl", flt=ExportFilter(runs=["run-a"]))
     rows = read_jsonl(out)
@@ -158,9 +171,13 @@ def test_control_tags_in_a_problem_are_skipped_in_chat(engine: sa.Engine, tmp_pa
     assert all("[/INST] and" not in r["text"] for r in read_jsonl(tmp_path / "c.jsonl"))
 
 
-def test_cli_export_and_its_errors(two_runs: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_export_and_its_errors(
+    two_runs: sa.Engine, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "cli" / "chat.jsonl"
-    rc = main(["--db", db_url, "--run", "run-b", "--format", "chat", "--out", str(out), "--split-val", "0.1", "--dedup"])
+    rc = main(
+        ["--db", db_url, "--run", "run-b", "--format", "chat", "--out", str(out), "--split-val", "0.1", "--dedup"]
+    )
     assert rc == 0
     msg = capsys.readouterr().out
     assert "training rows to" in msg and "validation rows to" in msg

@@ -22,8 +22,16 @@ from selfinstruct.errors import UserError
 
 def call(key: str = "", completion: str = "out", **kw) -> LLMCallRecord:
     return LLMCallRecord(
-        item_key=key, model="m", prompt="p", completion=completion, params={"temperature": 0.8, "n": 1}, seed=7,
-        prompt_tokens=3, completion_tokens=4, latency_s=0.5, **kw,
+        item_key=key,
+        model="m",
+        prompt="p",
+        completion=completion,
+        params={"temperature": 0.8, "n": 1},
+        seed=7,
+        prompt_tokens=3,
+        completion_tokens=4,
+        latency_s=0.5,
+        **kw,
     )
 
 
@@ -44,7 +52,9 @@ def setup_problems(engine: sa.Engine, texts: list[str]) -> int:
 
 def add_tests(engine: sa.Engine, run_id: int, n_tests: int = 3, shown: int = 1) -> None:
     items = [
-        TestsOutcome(problem_id=p.id, call=call(), tests=[f"assert f({i}) == {i}" for i in range(n_tests)], shown_index=shown)
+        TestsOutcome(
+            problem_id=p.id, call=call(), tests=[f"assert f({i}) == {i}" for i in range(n_tests)], shown_index=shown
+        )
         for p in q.pending_tests(engine, run_id, 100)
     ]
     q.record_tests(engine, run_id, items)
@@ -65,7 +75,13 @@ def add_solutions(engine: sa.Engine, run_id: int, codes: list[str | None]) -> No
 
 
 def result(outcome: str, passed: list[bool]) -> Result:
-    return Result(id="x", outcome=outcome, tests=[TestResult(passed=p) for p in passed], duration_ms=2.5, image_digest="sha256:abc")
+    return Result(
+        id="x",
+        outcome=outcome,
+        tests=[TestResult(passed=p) for p in passed],
+        duration_ms=2.5,
+        image_digest="sha256:abc",
+    )
 
 
 def test_start_run_creates_resumes_and_guards_the_config(engine: sa.Engine) -> None:
@@ -87,7 +103,10 @@ def test_problem_call_drops_exact_duplicates_and_counts_them(engine: sa.Engine) 
     first = q.record_problem_call(engine, run_id, call("call-0"), [problem("A"), problem("B"), problem("a")])
     assert (first.parsed, first.inserted, first.duplicates, first.already_recorded) == (3, 2, 1, False)
     second = q.record_problem_call(
-        engine, run_id, call("call-1"), [problem("B"), problem("C", status="contaminated", reason="HumanEval/3: overlap")]
+        engine,
+        run_id,
+        call("call-1"),
+        [problem("B"), problem("C", status="contaminated", reason="HumanEval/3: overlap")],
     )
     assert (second.inserted, second.duplicates) == (1, 1)
     again = q.record_problem_call(engine, run_id, call("call-1"), [problem("D")])  # a rerun of call-1
@@ -115,7 +134,9 @@ def test_tests_stage_records_asserts_shown_test_and_failures_once(engine: sa.Eng
     assert [p.text for p in pending] == ["P1", "P2", "P3"]
     assert [p.text for p in q.pending_tests(engine, run_id, 2)] == ["P1", "P2"]
     items = [
-        TestsOutcome(problem_id=pending[0].id, call=call(), tests=["assert f(1) == 1", "assert f(2) == 2"], shown_index=1),
+        TestsOutcome(
+            problem_id=pending[0].id, call=call(), tests=["assert f(1) == 1", "assert f(2) == 2"], shown_index=1
+        ),
         TestsOutcome(problem_id=pending[1].id, call=call(completion="junk"), failure="no_valid_asserts"),
     ]
     assert q.record_tests(engine, run_id, items) == 2
@@ -172,7 +193,13 @@ def test_solutions_stage_records_n_samples_with_parse_status(engine: sa.Engine) 
     assert [p.id for p in q.pending_solutions(engine, run_id, 10)] == [pending[1].id]
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(Solution.sample_index, Solution.parse_status, Solution.parse_error, Solution.shown_test_id, LLMCall.sample_index)
+            sa.select(
+                Solution.sample_index,
+                Solution.parse_status,
+                Solution.parse_error,
+                Solution.shown_test_id,
+                LLMCall.sample_index,
+            )
             .join(LLMCall, LLMCall.id == Solution.call_id)
             .order_by(Solution.sample_index)
         ).all()
@@ -182,7 +209,11 @@ def test_solutions_stage_records_n_samples_with_parse_status(engine: sa.Engine) 
         (2, "no_tags", None, pending[0].shown_test.id, 2),
     ]
     f = q.funnel(engine, run_id)["solutions"]
-    assert f["parse"] == {"ok": 1, "syntax_error": 1, "no_tags": 1} and f["problems_done"] == 1 and f["problems_pending"] == 1
+    assert (
+        f["parse"] == {"ok": 1, "syntax_error": 1, "no_tags": 1}
+        and f["problems_done"] == 1
+        and f["problems_pending"] == 1
+    )
 
 
 def test_solution_sample_validation() -> None:
@@ -206,7 +237,12 @@ def test_executions_cover_parsed_solutions_once_with_all_tests(engine: sa.Engine
     long_output = "x" * 100_000
     timed_out = Result(id="t", outcome="timeout", tests=[TestResult(passed=True)], stdout=long_output)
     assert q.record_executions(engine, [(jobs[0].solution_id, result("passed", [True] * 4))]) == 1
-    assert q.record_executions(engine, [(jobs[0].solution_id, result("failed", [False] * 4)), (jobs[1].solution_id, timed_out)]) == 1
+    assert (
+        q.record_executions(
+            engine, [(jobs[0].solution_id, result("failed", [False] * 4)), (jobs[1].solution_id, timed_out)]
+        )
+        == 1
+    )
     assert q.pending_executions(engine, run_id, 10) == []
     with engine.connect() as conn:
         rows = dict(conn.execute(sa.select(Execution.outcome, Execution.tests_passed)).all())
@@ -225,12 +261,17 @@ def test_select_first_and_random_passing(engine: sa.Engine) -> None:
     jobs = q.pending_executions(engine, run_id, 1000)
     # sample 0 fails everywhere, samples 1, 2 and 4 pass
     q.record_executions(
-        engine, [(j.solution_id, result("failed" if j.code == "a = 0" else "passed", [j.code != "a = 0"])) for j in jobs]
+        engine,
+        [(j.solution_id, result("failed" if j.code == "a = 0" else "passed", [j.code != "a = 0"])) for j in jobs],
     )
     assert q.select_triples(engine, run_id, "first") == 40
     assert q.select_triples(engine, run_id, "first") == 0
     with engine.connect() as conn:
-        firsts = conn.execute(sa.select(Solution.sample_index).join(Triple, Triple.solution_id == Solution.id)).scalars().all()
+        firsts = (
+            conn.execute(sa.select(Solution.sample_index).join(Triple, Triple.solution_id == Solution.id))
+            .scalars()
+            .all()
+        )
     assert set(firsts) == {1}
     with engine.begin() as conn:
         conn.execute(sa.delete(Triple))
@@ -238,7 +279,13 @@ def test_select_first_and_random_passing(engine: sa.Engine) -> None:
 
     def chosen() -> dict[int, int]:
         with engine.connect() as conn:
-            return dict(conn.execute(sa.select(Triple.problem_id, Solution.sample_index).join(Solution, Solution.id == Triple.solution_id)).all())
+            return dict(
+                conn.execute(
+                    sa.select(Triple.problem_id, Solution.sample_index).join(
+                        Solution, Solution.id == Triple.solution_id
+                    )
+                ).all()
+            )
 
     picks = chosen()
     assert set(picks.values()) == {1, 2, 4}  # only passing samples, and not always the first
