@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--image", help="sandbox image (default selfinstruct-sandbox:latest)")
     run.add_argument("--resume", action="store_true", help="skip jobs whose id already has a line in --output")
 
-    sub.add_parser("clean", help="remove every sandbox container (labeled selfinstruct.sandbox)")
+    clean = sub.add_parser("clean", help="remove every sandbox container (labeled selfinstruct.sandbox)")
+    clean.add_argument("--stale", action="store_true",
+                       help="only containers whose owning process on this host has exited (safe while pools run)")
     return parser
 
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return _build(args)
     if args.command == "run":
         return _run(args)
-    return _clean()
+    return _clean(args)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -57,11 +59,11 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clean() -> int:
+def _clean(args: argparse.Namespace) -> int:
     from executor import image
     from executor.sandbox import remove_containers
 
-    removed = remove_containers(image.connect(), stale_only=False)
+    removed = remove_containers(image.connect(), stale_only=args.stale)
     print(f"removed {removed} sandbox container(s)", file=sys.stderr)
     return 0
 

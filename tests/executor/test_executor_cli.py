@@ -86,3 +86,34 @@ def test_build_from_an_existing_image_and_from_one_that_cannot_be_had(sandbox_im
             docker_client.images.remove(adopted_tag)
     proc = _selfinstruct("build", "--from-image", "registry.invalid/none:1")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: cannot get image")
+
+
+@pytest.mark.timeout(120)
+def test_clean_stale_removes_orphaned_containers_only(sandbox_image, docker_client):
+    import socket
+
+    from executor.config import CONTAINER_LABEL
+    from executor.container import OWNER_LABEL
+
+    # `clean` without --stale would also remove the pools other tests (and other people) are using.
+    orphan = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True, labels={
+        CONTAINER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:999999999:1"})
+    alive = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True, labels={
+        CONTAINER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:1:{_start_time(1)}"})
+    try:
+        proc = _selfinstruct("clean", "--stale")
+        assert proc.returncode == 0 and proc.stderr.startswith("removed ")
+        remaining = {c["Id"] for c in docker_client.api.containers(all=True)}
+        assert orphan.id not in remaining and alive.id in remaining
+    finally:
+        for container in (orphan, alive):
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone is the expected case for the orphan
+                pass
+
+
+def _start_time(pid: int) -> str:
+    from executor.container import process_start_time
+
+    return process_start_time(pid)
