@@ -15,20 +15,22 @@ import torch
 
 from finetune.config import ModelConfig
 from finetune.distributed import DistInfo, barrier
+from model.args import PRESETS, ModelArgs
+from model.checkpoint import TOKENIZER_FILE, load_state_dict
+from model.tokenizer import Tokenizer
+from model.transformer import Transformer
 from selfinstruct.errors import UserError
 
 
 @dataclass
 class StartingPoint:
-    args: "ModelArgs"  # noqa: F821 - model.args.ModelArgs
+    args: ModelArgs
     state: dict[str, torch.Tensor]
     tokenizer_path: Path
 
 
 def resolve_checkpoint(source: str, out_dir: Path, seed: int, info: DistInfo) -> Path:
     """A checkpoint directory for `source`: itself if it is one, else a fresh random one of that preset."""
-    from model.args import PRESETS
-
     path = Path(source)
     if path.exists():
         return path
@@ -45,8 +47,6 @@ def resolve_checkpoint(source: str, out_dir: Path, seed: int, info: DistInfo) ->
 
 
 def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: int, info: DistInfo) -> StartingPoint:
-    from model.checkpoint import TOKENIZER_FILE, load_state_dict
-
     if not config.source:
         raise UserError("no model: pass --model CHECKPOINT_DIR (or a preset such as tiny) or set model.source")
     path = resolve_checkpoint(config.source, out_dir, seed, info)
@@ -66,17 +66,15 @@ def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: 
     return StartingPoint(args, state, tokenizer_path)
 
 
-def build_model(start: StartingPoint, activation_checkpointing: bool) -> "Transformer":  # noqa: F821
+def build_model(start: StartingPoint, activation_checkpointing: bool) -> Transformer:
     """A float32 `Transformer` on CPU holding the starting weights (sharding and device come after)."""
-    from model.transformer import Transformer
-
     with torch.device("meta"):
         model = Transformer(start.args, activation_checkpointing=activation_checkpointing)
     model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in start.state.items()}, assign=True)
     return model.train()
 
 
-def check_tokenizer(tokenizer, args) -> None:  # noqa: ANN001 - model.tokenizer.Tokenizer, model.args.ModelArgs
+def check_tokenizer(tokenizer: Tokenizer, args: ModelArgs) -> None:
     if tokenizer.vocab_size > args.vocab_size:
         raise UserError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {args.vocab_size} "
                         f"embeddings: the checkpoint does not match its tokenizer")

@@ -35,6 +35,7 @@ from finetune.optim import build_optimizer
 from finetune.packing import IGNORE_INDEX, Batch
 from finetune.rehearsal import RehearsalMixer
 from finetune.schedule import apply_lr, lr_at
+from model.tokenizer import Tokenizer
 from selfinstruct.errors import UserError
 
 
@@ -153,8 +154,6 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     # -- model and data ---------------------------------------------------------------------------
     examples = read_exports(dc.paths, dc.format, dc.answer_format, dc.system)
     start = load_starting_point(config.model, dc.seq_len, out, tc.seed, info)
-    from model.tokenizer import Tokenizer
-
     tokenizer = Tokenizer(start.tokenizer_path)
     check_tokenizer(tokenizer, start.args)
     train_examples, val_examples = split_validation(examples, dc.val_fraction)
