@@ -91,11 +91,14 @@ def read_jobs(path: Path, errors: list[str], skip_ids: set[str] | frozenset[str]
 
 
 def _finished_ids(path: Path) -> set[str]:
+    """Ids with a verdict in an earlier output. `sandbox_error` lines do not count: those jobs run again."""
     ids = set()
     with path.open("rb") as handle:
         for raw in handle:
             try:
-                ids.add(json.loads(raw)["id"])
+                row = json.loads(raw)
+                if row["outcome"] != "sandbox_error":
+                    ids.add(row["id"])
             except (ValueError, KeyError, TypeError):
                 continue  # a line cut short by a crash: that job runs again
     return ids

@@ -143,7 +143,7 @@ class Sandbox:
         with self._live_lock:
             if container in self._live:
                 self._live.remove(container)
-        self.replaced += 1
+            self.replaced += 1
         try:
             container.destroy()
         except docker.errors.DockerException as exc:

@@ -117,3 +117,18 @@ def _start_time(pid: int) -> str:
     from executor.container import process_start_time
 
     return process_start_time(pid)
+
+
+@pytest.mark.timeout(120)
+def test_resume_reruns_jobs_that_hit_a_sandbox_error(sandbox_image, tmp_path):
+    jobs, results_path = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
+    rows = [{"id": name, "solution": "def f():\n    return 1\n", "tests": ["assert f() == 1"]} for name in ("a", "b")]
+    jobs.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    earlier = {"id": "a", "outcome": "passed", "tests": [{"passed": True, "error": None}], "duration_ms": 1.0,
+               "stdout": "", "stderr": ""}
+    results_path.write_text(json.dumps(earlier) + "\n" + json.dumps({**earlier, "id": "b", "outcome": "sandbox_error"})
+                            + "\n")
+    proc = _selfinstruct("run", str(jobs), "-o", str(results_path), "--resume", "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in results_path.read_text().splitlines()]
+    assert [(row["id"], row["outcome"]) for row in lines] == [("a", "passed"), ("b", "sandbox_error"), ("b", "passed")]
