@@ -370,10 +370,13 @@ class Pipeline:
             progress.update(tasks["triples"], completed=f["triples"]["count"], total=p["accepted"] or None, note="")
 
         def monitor() -> None:
-            last_line = 0.0
-            while not stop.wait(_MONITOR_S):
+            last_line, wait_s = 0.0, _MONITOR_S
+            while not stop.wait(wait_s):
                 with contextlib.suppress(Exception):
+                    started = time.monotonic()
                     refresh()
+                    # On a big run the funnel's counts take a while: never spend over ~10% of a core on them.
+                    wait_s = max(_MONITOR_S, 10 * (time.monotonic() - started))
                     if self.progress_lines and time.monotonic() - last_line > 30:
                         last_line = time.monotonic()
                         self.console.print(

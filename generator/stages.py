@@ -42,6 +42,7 @@ from generator.seeds import derive_seed, shown_test_index
 if TYPE_CHECKING:
     from generator.dedup import NearDeduplicator
 
+SELECT_EVERY_S = 5.0  # how often the execution stage selects triples while it runs
 SANDBOX_RETRIES = 2  # a job whose sandbox failed (not the solution) runs again this often before it is recorded
 
 
@@ -298,6 +299,7 @@ class ExecutionsStage:
         self._attempts: dict[int, int] = {}
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-executions")
         self._in_flight: Future[int] | None = None
+        self._selected_at = float("-inf")
         self.executed = 0  # results recorded by this process
         self.started_at: float | None = None  # first batch handed to the sandbox (time.monotonic)
         self.recorded_at: float | None = None  # last batch recorded
@@ -310,7 +312,11 @@ class ExecutionsStage:
 
     def _record(self, items: list[tuple[int, Result]]) -> int:
         written = queries.record_executions(self.ctx.engine, items) if items else 0
-        queries.select_triples(self.ctx.engine, self.ctx.run_id, self.ctx.cfg.selection, self.ctx.cfg.seed)
+        # Selection scans the run's problems: often enough for live triple counts, not every batch
+        # (the driver selects once more at the end).
+        if time.monotonic() - self._selected_at >= SELECT_EVERY_S:
+            queries.select_triples(self.ctx.engine, self.ctx.run_id, self.ctx.cfg.selection, self.ctx.cfg.seed)
+            self._selected_at = time.monotonic()
         self.recorded_at = time.monotonic()
         return written
 
