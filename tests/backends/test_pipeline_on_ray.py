@@ -158,3 +158,38 @@ def _stop_cluster(marks: list[str]) -> None:
             proc.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+@pytest.mark.timeout(180)
+def test_sandbox_pool_answers_like_a_local_sandbox(docker_client):
+    import ray
+
+    from executor.config import SandboxConfig
+    from executor.jobs import Job
+    from executor.sandbox import Sandbox
+    from generator.scale import SandboxPool
+
+    jobs = [
+        Job(id="pass", solution="def f(x):\n    return x + 1\n", tests=["assert f(1) == 2", "assert f(2) == 3"]),
+        Job(id="fail", solution="def f(x):\n    return x\n", tests=["assert f(1) == 2"]),
+        Job(id="exit", solution="import sys\nsys.exit(0)\n", tests=["assert False"]),
+        Job(id="error", solution="def f(x):\n    return 1 / 0\n", tests=["assert f(1) == 1"]),
+    ]
+    cfg = SandboxConfig(workers=1, timeout_s=5, memory_mb=256)
+    with Sandbox(cfg) as local:
+        expected = [(r.id, r.outcome, [t.passed for t in r.tests]) for r in local.run(jobs)]
+        local_digest = local.image_digest
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, resources={"docker": 1}, object_store_memory=200 * 1024**2, include_dashboard=False,
+             logging_level="warning")
+    try:
+        with SandboxPool(cfg, chunk_size=2) as pool:
+            got = [(r.id, r.outcome, [t.passed for t in r.tests]) for r in pool.run(jobs)]
+            assert pool.image_digest == local_digest
+            assert pool.run([]) == []
+    finally:
+        ray.shutdown()
+    assert got == expected
+    assert got[0] == ("pass", "passed", [True, True])
+    assert got[1][1] != "passed" and got[2][1] != "passed"  # a wrong answer; an early exit is no pass
