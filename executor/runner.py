@@ -40,6 +40,7 @@ PR_SET_DUMPABLE = 4
 SCRATCH_DIRS = ("/tmp", "/dev/shm")
 SWEEP_ROUNDS = 50
 READ_CHUNK = 65536
+DRAIN_READS = 16
 WORKDIR = "/tmp/job"
 MAX_PRECOMPILE_CHARS = 256 * 1024
 _TEST_CACHE: dict = {}  # test source -> compiled test; the ten solutions of a problem share their tests
@@ -106,17 +107,37 @@ def _sweep(protected: set[int]) -> int:
     return found
 
 
+def _make_tree_writable(path: str) -> None:
+    """chmod 700 a directory tree (top-down, so a mode-000 directory is opened only after it is fixed)."""
+    if os.path.islink(path):
+        return
+    os.chmod(path, 0o700)
+    for root, dirs, _files in os.walk(path):
+        for name in dirs:
+            child = os.path.join(root, name)
+            if not os.path.islink(child):
+                os.chmod(child, 0o700)
+
+
+def _remove(path: str) -> bool:
+    """Remove a file or tree the job left behind, whatever modes it set. True when it is gone."""
+    for _ in range(3):
+        if not os.path.lexists(path):
+            return True
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+                if os.path.lexists(path):
+                    _make_tree_writable(path)
+            else:
+                os.unlink(path)
+        except Exception:  # noqa: BLE001 - never let a job's leftovers take the runner down
+            pass
+    return not os.path.lexists(path)
+
+
 def _clear_scratch() -> bool:
     """Empty the writable tmpfs mounts between jobs. Returns False if something could not be removed."""
-
-    def make_writable_and_retry(function, path, _exc):
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700)
-            function(path)
-        except OSError:
-            pass
-
     clean = True
     for root in SCRATCH_DIRS:
         try:
@@ -124,16 +145,7 @@ def _clear_scratch() -> bool:
         except OSError:
             continue
         for name in entries:
-            path = os.path.join(root, name)
-            try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, onerror=make_writable_and_retry)
-                else:
-                    os.unlink(path)
-            except OSError:
-                pass
-            if os.path.lexists(path):
-                clean = False
+            clean = _remove(os.path.join(root, name)) and clean
     return clean
 
 
@@ -256,8 +268,9 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
         poller.register(fd, select.POLLIN)
 
     def drain(fd: int) -> None:
+        """Read what is there, at most DRAIN_READS chunks, so a flood cannot keep us from the limits."""
         sink = open_fds[fd]
-        while True:
+        for _ in range(DRAIN_READS):
             try:
                 data = os.read(fd, READ_CHUNK)
             except BlockingIOError:
@@ -292,10 +305,11 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
                 drain(fd)
             break
 
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):  # the group; the child itself if not yet a leader
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     _, status, usage = os.wait4(pid, 0)
     os.close(pidfd)
     for fd in list(open_fds):
