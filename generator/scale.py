@@ -219,7 +219,9 @@ class SandboxPool:
         self.sandbox_cfg = sandbox_cfg
         self.chunk_size = chunk_size
         actor_cls = ray.remote(SandboxActor)
-        options = {"num_cpus": 0, "resources": {DOCKER_RESOURCE: 1}}
+        # two batches at once per actor (a Sandbox is thread-safe): while one batch waits on its
+        # slowest job (a timeout), the next one keeps the warm containers busy
+        options = {"num_cpus": 0, "resources": {DOCKER_RESOURCE: 1}, "max_concurrency": 2}
         self._pool: ActorPool[Job, Result] = ActorPool(
             lambda: actor_cls.options(**options).remote(sandbox_cfg),
             actors or slots,
