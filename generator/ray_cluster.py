@@ -60,14 +60,16 @@ def ensure_ray(
     explicit = address or os.environ.get("RAY_ADDRESS")
     if explicit and explicit not in ("auto", "local"):
         _check_reachable(explicit)
-    if address != "local":
+    join = explicit if explicit and explicit != "local" else None
+    if join is None and address != "local" and _running_cluster_answers():
+        join = "auto"
+    if join is not None:
         try:
-            ray.init(address=explicit or "auto", logging_level=logging.WARNING, log_to_driver=True)
-            log.info("joined the Ray cluster at %s", explicit or "auto")
+            ray.init(address=join, logging_level=logging.WARNING, log_to_driver=True)
+            log.info("joined the Ray cluster at %s", join)
             return
         except ConnectionError as exc:
-            if explicit:
-                raise UserError(f"cannot connect to the Ray cluster at {explicit!r}: {exc}") from None
+            raise UserError(f"cannot connect to the Ray cluster at {join!r}: {exc}") from None
     if docker_slots is None:
         docker_slots = 1 if docker_daemon_answers() else 0
     ray.init(
@@ -80,6 +82,27 @@ def ensure_ray(
         logging_level=logging.WARNING,
     )
     log.info("started a local Ray (docker slots: %d)", docker_slots)
+
+
+def _running_cluster_answers() -> bool:
+    """Whether `ray start` left a cluster on this machine that still answers.
+
+    `ray.init(address="auto")` finds it through /tmp/ray/ray_current_cluster, but a file left by a
+    cluster that was killed makes it wait on a dead address for minutes: check the address first.
+    """
+    from pathlib import Path
+
+    current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+    try:
+        address = current.read_text().strip().splitlines()[0]
+    except (OSError, IndexError):
+        return False
+    try:
+        _check_reachable(address, timeout_s=2.0)
+    except UserError:
+        log.warning("ignoring %s: the cluster at %s does not answer", current, address)
+        return False
+    return True
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

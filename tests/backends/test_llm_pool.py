@@ -171,3 +171,26 @@ def test_ensure_ray_with_an_unreachable_address_is_one_clear_line():
     out = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, timeout=100)
     assert out.returncode == 2
     assert "error: cannot connect to the Ray cluster at '127.0.0.1:1'" in out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_ensure_ray_ignores_a_dead_cluster_left_on_this_machine():
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    try:
+        (tmp / "ray").mkdir()
+        (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # a killed `ray start --head`
+        script = _ENSURE_RAY_SCRIPT.replace('address="local", ', "")
+        env = {**os.environ, "RAY_TMPDIR": str(tmp)}
+        env.pop("RAY_ADDRESS", None)
+        started = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=100, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == '{"docker": 2.0}'
+        assert "does not answer" in out.stderr
+        assert time.monotonic() - started < 60
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
