@@ -167,10 +167,7 @@ class Solution(Base):
     shown_test_id: Mapped[int | None] = mapped_column(sa.ForeignKey("tests.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _created_at()
 
-    __table_args__ = (
-        sa.UniqueConstraint("problem_id", "sample_index", name="uq_solutions_problem_sample"),
-        sa.Index("ix_solutions_parse_status", "parse_status"),
-    )
+    __table_args__ = (sa.UniqueConstraint("problem_id", "sample_index", name="uq_solutions_problem_sample"),)
 
 
 class Execution(Base):

@@ -38,6 +38,7 @@ from db.records import (
     TestsOutcome,
     problem_key,
 )
+from db.planner_stats import note_bulk_write
 from db.upsert import insert_ignore, insert_ignore_values, update_many
 from executor.jobs import Result
 from selfinstruct.errors import UserError
@@ -281,6 +282,7 @@ def record_problem_calls(
         inserted_per_call: dict[int, int] = defaultdict(int)
         for (call_id,) in insert_ignore(conn, problems_t, problem_rows, returning=[problems_t.c.call_id]):
             inserted_per_call[call_id] += 1
+        note_bulk_write(conn, len(call_rows) + len(problem_rows))
         update_many(
             conn,
             calls_t,
@@ -368,6 +370,7 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
             for i, code in enumerate(it.tests)
         ]
         insert_ignore(conn, tests_t, test_rows)
+        note_bulk_write(conn, len(call_rows) + len(test_rows))
         update_many(
             conn,
             problems_t,
@@ -455,6 +458,7 @@ def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutco
                     (it.problem_id, i, call_id, s.code, s.parse_status, s.parse_error, it.shown_test_id)
                 )
         insert_ignore_values(conn, solutions_t, SOLUTION_COLUMNS, solution_rows)
+        note_bulk_write(conn, len(call_rows) + len(solution_rows))
         # Problems without samples (the stage failed for them) carry no call rows: their status
         # update is idempotent by itself.
         status_rows = [
@@ -552,7 +556,9 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
             )
             for sid, res in items
         ]
-        return len(insert_ignore_values(conn, executions_t, EXECUTION_COLUMNS, rows, returning=[executions_t.c.id]))
+        written = len(insert_ignore_values(conn, executions_t, EXECUTION_COLUMNS, rows, returning=[executions_t.c.id]))
+        note_bulk_write(conn, written)
+        return written
 
 
 # --- selection -----------------------------------------------------------------------------------
@@ -586,40 +592,36 @@ def select_triples(
     """
     if rule not in ("first", "random"):
         raise ValueError(f"unknown selection rule {rule!r}")
-    s2 = solutions_t.alias("s2")
-    unexecuted_sibling = sa.exists().where(
-        s2.c.problem_id == problems_t.c.id,
-        s2.c.parse_status == "ok",
-        ~sa.exists().where(executions_t.c.solution_id == s2.c.id),
-    )
-    passed = (
-        sa.select(solutions_t.c.problem_id)
-        .join(executions_t, executions_t.c.solution_id == solutions_t.c.id)
-        .where(solutions_t.c.problem_id == problems_t.c.id, executions_t.c.outcome == "passed")
-        .exists()
-    )
+    # One grouped pass over the run's parsed solutions (hash/merge joins whatever the planner's
+    # statistics say; correlated NOT EXISTS chains made PostgreSQL pick nested loops over
+    # freshly loaded tables): every parsed solution executed, at least one passed, no triple yet.
+    executed = sa.func.count(executions_t.c.id)
+    n_passed = sa.func.sum(sa.case((executions_t.c.outcome == "passed", 1), else_=0))
     eligible = (
-        sa.select(problems_t.c.id)
+        sa.select(solutions_t.c.problem_id)
+        .join(problems_t, problems_t.c.id == solutions_t.c.problem_id)
+        .outerjoin(executions_t, executions_t.c.solution_id == solutions_t.c.id)
         .where(
             problems_t.c.run_id == run_id,
             problems_t.c.solutions_status == "done",
+            solutions_t.c.parse_status == "ok",
             ~sa.exists().where(triples_t.c.problem_id == problems_t.c.id),
-            passed,
-            ~unexecuted_sibling,
         )
-        .order_by(problems_t.c.id)
+        .group_by(solutions_t.c.problem_id)
+        .having(executed == sa.func.count(), n_passed > 0)
+        .order_by(solutions_t.c.problem_id)
         .limit(_CHUNK)
     )
     if problem_ids is not None:
         ids = sorted(set(problem_ids))
         if not ids:
             return 0
-        eligible = eligible.where(problems_t.c.id.in_(ids))
+        eligible = eligible.where(solutions_t.c.problem_id.in_(ids))
     added, last_id = 0, 0
     with write_transaction(engine) as conn:
         # Keyset pages of problems: memory stays flat, and the triples written for one page lie
         # behind the next page's cursor.
-        while problem_ids := list(conn.scalars(eligible.where(problems_t.c.id > last_id))):
+        while problem_ids := list(conn.scalars(eligible.where(solutions_t.c.problem_id > last_id))):
             passing: dict[int, list[tuple[int, int]]] = defaultdict(list)
             rows = conn.execute(
                 sa.select(solutions_t.c.problem_id, solutions_t.c.sample_index, solutions_t.c.id)

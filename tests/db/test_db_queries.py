@@ -363,3 +363,32 @@ def test_problem_calls_in_one_batch(engine: sa.Engine) -> None:
     assert [t for _, t in q.existing_problem_texts(engine, run_id)] == ["A", "B", "C", "D"]
     with pytest.raises(ValueError, match="own key"):
         q.record_problem_calls(engine, run_id, [(call("call-9", sample_index=1), [problem("E")])])
+
+
+@pytest.mark.postgres
+def test_postgres_statistics_follow_bulk_loads(pg_schema_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage queries ANALYZE once a process has written enough rows (autovacuum lags a bulk load)."""
+    from db import planner_stats
+    from db.engine import init_db, make_engine
+    from db_workload import run_pipeline
+
+    monkeypatch.setattr(planner_stats, "FIRST_ANALYZE_AFTER_ROWS", 50)
+    monkeypatch.setattr(planner_stats, "_written", {})
+    engine = make_engine(pg_schema_url)
+    init_db(engine)
+
+    def analyzed() -> set[str]:
+        with engine.connect() as conn:
+            return set(
+                conn.scalars(
+                    sa.text(
+                        "SELECT relname FROM pg_stat_user_tables "
+                        "WHERE schemaname = current_schema() AND last_analyze IS NOT NULL"
+                    )
+                )
+            )
+
+    assert "solutions" not in analyzed()
+    run_pipeline(engine, "run")
+    assert {"problems", "solutions", "executions", "llm_calls"} <= analyzed()
+    engine.dispose()

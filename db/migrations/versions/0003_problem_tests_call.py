@@ -1,7 +1,12 @@
-"""problems.tests_call_id: the LLM call that wrote a problem's tests, joined by primary key.
+"""problems.tests_call_id: the LLM call that wrote a problem's tests, joined by primary key; and
+no index on solutions.parse_status.
 
 Before, the tests call was only found through its item_key ("problem-<id>"), a string lookup per
 problem that dominated the export's reads. Existing rows are filled from that lookup.
+
+The parse-status index (a handful of distinct values) made PostgreSQL, before its statistics
+caught up with a bulk load, intersect it with the per-problem index once per problem: triple
+selection went quadratic. Queries reach solutions through their problem instead.
 
 Revision ID: 0003
 Revises: 0002
@@ -22,6 +27,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.drop_index("ix_solutions_parse_status", table_name="solutions")
     with op.batch_alter_table("problems") as batch:  # SQLite: copy-and-move, PostgreSQL: ALTER TABLE
         batch.add_column(sa.Column("tests_call_id", sa.Integer(), nullable=True))
         batch.create_foreign_key(
@@ -43,6 +49,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.create_index("ix_solutions_parse_status", "solutions", ["parse_status"])
     with op.batch_alter_table("problems") as batch:
         batch.drop_constraint(op.f("fk_problems_tests_call_id_llm_calls"), type_="foreignkey")
         batch.drop_column("tests_call_id")
