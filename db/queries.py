@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from db.engine import read_transaction, write_transaction
 from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
+from db.planner_stats import note_bulk_write
 from db.records import (
     ExecutionJob,
     LLMCallRecord,
@@ -38,7 +39,6 @@ from db.records import (
     TestsOutcome,
     problem_key,
 )
-from db.planner_stats import note_bulk_write
 from db.upsert import insert_ignore, insert_ignore_values, update_many
 from executor.jobs import Result
 from selfinstruct.errors import UserError

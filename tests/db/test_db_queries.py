@@ -368,9 +368,10 @@ def test_problem_calls_in_one_batch(engine: sa.Engine) -> None:
 @pytest.mark.postgres
 def test_postgres_statistics_follow_bulk_loads(pg_schema_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stage queries ANALYZE once a process has written enough rows (autovacuum lags a bulk load)."""
+    from db_workload import run_pipeline
+
     from db import planner_stats
     from db.engine import init_db, make_engine
-    from db_workload import run_pipeline
 
     monkeypatch.setattr(planner_stats, "FIRST_ANALYZE_AFTER_ROWS", 50)
     monkeypatch.setattr(planner_stats, "_written", {})
