@@ -478,14 +478,17 @@ def record_solutions(engine: Engine, run_id: int, items: Sequence[SolutionsOutco
 
 
 def _unexecuted_solutions(run_id: int) -> sa.Select:
-    return (
-        sa.select(solutions_t.c.id, solutions_t.c.problem_id, solutions_t.c.code)
-        .join(problems_t, problems_t.c.id == solutions_t.c.problem_id)
-        .where(
-            problems_t.c.run_id == run_id,
-            solutions_t.c.parse_status == "ok",
-            ~sa.exists().where(executions_t.c.solution_id == solutions_t.c.id),
-        )
+    """Parsed solutions of the run without an execution, walked in solution-id order.
+
+    `problem_id + 0` keeps the planner off the per-problem index, so both SQLite and PostgreSQL scan
+    solutions by primary key from the caller's cursor and stop at the limit (the run's problem ids
+    become one in-memory set per query), instead of visiting every solution of the run and sorting.
+    """
+    run_problems = sa.select(problems_t.c.id).where(problems_t.c.run_id == run_id)
+    return sa.select(solutions_t.c.id, solutions_t.c.problem_id, solutions_t.c.code).where(
+        (solutions_t.c.problem_id + 0).in_(run_problems),
+        solutions_t.c.parse_status == "ok",
+        ~sa.exists().where(executions_t.c.solution_id == solutions_t.c.id),
     )
 
 
