@@ -189,3 +189,13 @@ def test_cli_export_and_its_errors(
     assert main(["--db", db_url, "--out", str(tmp_path / "y.jsonl"), "--split-val", "1.5"]) == 2
     assert "--split-val" in capsys.readouterr().err
     assert not list(tmp_path.glob(".y.jsonl*"))  # no temporary files left behind
+
+
+def test_since_filters_by_selection_time(two_runs: sa.Engine, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    now = datetime.now()
+    everything = export(two_runs, tmp_path / "all.jsonl").rows
+    assert everything > 0
+    assert export(two_runs, tmp_path / "past.jsonl", flt=ExportFilter(since=now - timedelta(days=1))).rows == everything
+    assert export(two_runs, tmp_path / "future.jsonl", flt=ExportFilter(since=now + timedelta(days=1))).rows == 0
