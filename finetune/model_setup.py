@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from finetune.config import ModelConfig
-from finetune.distributed import DistInfo, barrier
+from finetune.distributed import DistInfo, barrier, broadcast_object, shard_model
 from model.args import PRESETS, ModelArgs
 from model.checkpoint import TOKENIZER_FILE, load_state_dict
 from model.tokenizer import Tokenizer
@@ -25,7 +26,7 @@ from selfinstruct.errors import UserError
 @dataclass
 class StartingPoint:
     args: ModelArgs
-    state: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor] | None  # the full weights, on rank 0 only in a distributed run
     tokenizer_path: Path
 
 
@@ -50,7 +51,19 @@ def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: 
     if not config.source:
         raise UserError("no model: pass --model CHECKPOINT_DIR (or a preset such as tiny) or set model.source")
     path = resolve_checkpoint(config.source, out_dir, seed, info)
-    args, state = load_state_dict(path)
+    state = None
+    if info.is_main:  # only rank 0 reads the weights; the other processes get the shapes
+        try:
+            args, state = load_state_dict(path)
+            shapes: ModelArgs | UserError = args
+        except UserError as exc:
+            shapes = exc
+    else:
+        shapes = None  # type: ignore[assignment]
+    shapes = broadcast_object(shapes, info)  # type: ignore[assignment]
+    if isinstance(shapes, UserError):
+        raise shapes
+    args = shapes
     tokenizer_path = path / TOKENIZER_FILE
     if not tokenizer_path.is_file():
         raise UserError(f"{path}: no {TOKENIZER_FILE} next to the weights; copy the model's tokenizer there")
@@ -66,11 +79,23 @@ def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: 
     return StartingPoint(args, state, tokenizer_path)
 
 
-def build_model(start: StartingPoint, activation_checkpointing: bool) -> Transformer:
-    """A float32 `Transformer` on CPU holding the starting weights (sharding and device come after)."""
+def build_model(start: StartingPoint, activation_checkpointing: bool, info: DistInfo) -> Transformer:
+    """The starting model in float32 on this process's device, sharded with FSDP2 in a distributed run.
+
+    One process: load the weights into a meta-initialised model and move it. Several: every process
+    builds the model on the meta device and shards it, then rank 0's full weights are broadcast into the
+    shards, so no process other than rank 0 ever holds the whole model.
+    """
     with torch.device("meta"):
         model = Transformer(start.args, activation_checkpointing=activation_checkpointing)
-    model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in start.state.items()}, assign=True)
+    if not info.distributed:
+        assert start.state is not None
+        model.load_state_dict({k: v.to(torch.float32, copy=True) for k, v in start.state.items()}, assign=True)
+        return model.to(info.device).train()
+    shard_model(model)
+    model.to_empty(device=info.device)
+    full = {k: v.to(torch.float32) for k, v in start.state.items()} if start.state is not None else {}
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     return model.train()
 
 

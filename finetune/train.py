@@ -27,7 +27,7 @@ from finetune.checkpointing import (TrainerState, latest_checkpoint, load_checkp
                                     save_final_model)
 from finetune.config import FinetuneConfig
 from finetune.data import read_exports, split_validation, tokenize_examples
-from finetune.distributed import DistInfo, all_reduce_sum, init_distributed, shard_model, shutdown
+from finetune.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from finetune.loader import DataPosition, StepData, TrainingStream, eval_batches
 from finetune.metrics import MetricsLog, plot_loss_curve
 from finetune.model_setup import build_model, check_tokenizer, load_starting_point
@@ -166,9 +166,8 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     val_batches, val_counted = eval_batches(val_docs, dc.seq_len, dc.packing, tc.batch_size, tc.eval_batches,
                                             info.world_size, info.rank)
 
-    model = build_model(start, config.model.activation_checkpointing).to(info.device)
-    if info.distributed:
-        shard_model(model)
+    model = build_model(start, config.model.activation_checkpointing, info)
+    start.state = None  # the model holds the weights now
     optimizer = build_optimizer(model, config.optim)
     autocast = _autocast(config, info.device)
     fingerprint = config.fingerprint()
