@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from model.chat import ChatFormatError, Message, chat_turns
+from model.chat import ChatFormatError, chat_turns
 from selfinstruct.errors import UserError
 
 
@@ -169,5 +169,5 @@ def tokenize_examples(tokenizer: Any, examples: list[InstructExample], seq_len: 
     return docs
 
 
-__all__ = ["InstructExample", "Message", "TokenizedDoc", "read_export", "read_exports", "split_validation",
+__all__ = ["InstructExample", "TokenizedDoc", "read_export", "read_exports", "split_validation",
            "tokenize_example", "tokenize_examples"]

@@ -184,6 +184,15 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     metrics = MetricsLog(out / "metrics.jsonl", enabled=info.is_main,
                          resume_step=step if resumed_from is not None else None)
 
+    if resumed_from is None:
+        first_epoch = stream.epoch(0)
+        fill = sum(len(d) for d in first_epoch.docs) / (len(first_epoch.rows) * dc.seq_len) if dc.packing else None
+        metrics.write("data", train_examples=len(train_docs), val_examples=len(val_docs),
+                      rehearsal_docs=first_epoch.n_rehearsal, rows_per_epoch=len(first_epoch.rows),
+                      steps_per_epoch=stream.steps_per_epoch(),
+                      instruct_trained_tokens=sum(d.n_trained for d in train_docs),
+                      packed_fill=fill)
+
     def trainer_state() -> TrainerState:
         return TrainerState(step=step, data_position=position.to_dict(), tokens_seen=tokens_seen,
                             targets_seen=targets_seen, fingerprint=fingerprint, model_args=model_args,
