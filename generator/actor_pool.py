@@ -5,7 +5,8 @@ queued so it never idles between calls), and results come back in input order. W
 (its process was killed, its node went away) the chunks it held are put back at the front of the
 queue and the actor is replaced by a fresh one: a lost actor costs only its in-flight work. A chunk
 that has killed `max_chunk_retries` actors in a row is not tried again (a poison batch must not take
-the whole cluster down one actor at a time).
+the whole cluster down one actor at a time). With `task_timeout_s`, an actor whose chunk runs past its
+deadline (a hung engine, a wedged Docker daemon) is killed and handled the same way.
 
 The actors are plain classes with a `ready()` method (raising what their constructor raised, so that
 a bad configuration reaches the driver as one clear error), one work method and `close()`;
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ class PoolStats:
     actors_replaced: int = 0
     chunks_resubmitted: int = 0
     chunks_done: int = 0
+    timeouts: int = 0
     replaced_reasons: list[str] = field(default_factory=list)
 
 
@@ -72,6 +75,7 @@ class ActorPool(Generic[T, R]):
         inflight_per_actor: int = 2,
         max_chunk_retries: int = 3,
         ready_timeout_s: float = 600.0,
+        task_timeout_s: float | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("an actor pool needs at least one actor")
@@ -81,8 +85,10 @@ class ActorPool(Generic[T, R]):
         self.inflight_per_actor = inflight_per_actor
         self.max_chunk_retries = max_chunk_retries
         self.ready_timeout_s = ready_timeout_s
+        self.task_timeout_s = task_timeout_s
         self.stats = PoolStats()
         self._lock = threading.Lock()
+        self._killed: set[int] = set()  # id() of handles killed for a timeout, awaiting their failures
         self._slots = [_Slot(self._start()) for _ in range(size)]
         self._wait_ready([s.handle for s in self._slots])
 
@@ -110,13 +116,16 @@ class ActorPool(Generic[T, R]):
         results: list[list[R] | None] = [None] * len(chunks)
         losses = [0] * len(chunks)
         queue = deque(range(len(chunks)))
-        inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int]] = {}
+        inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int, float]] = {}
         try:
             while queue or inflight:
                 self._dispatch(queue, chunks, inflight)
-                done, _ = ray.wait(list(inflight), num_returns=1)
+                done, _ = ray.wait(list(inflight), num_returns=1, timeout=self._wait_timeout(inflight))
+                if not done:
+                    self._kill_overdue(inflight)  # their chunks come back below as lost with the actor
+                    continue
                 for ref in done:
-                    slot, handle, index = inflight.pop(ref)
+                    slot, handle, index, _ = inflight.pop(ref)
                     slot.inflight -= 1
                     try:
                         chunk_results = ray.get(ref)
@@ -203,7 +212,7 @@ class ActorPool(Generic[T, R]):
         self,
         queue: deque[int],
         chunks: list[list[T]],
-        inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int]],
+        inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int, float]],
     ) -> None:
         for _ in range(self.inflight_per_actor):
             for slot in self._slots:
@@ -212,8 +221,31 @@ class ActorPool(Generic[T, R]):
                 if slot.inflight < self.inflight_per_actor:
                     index = queue.popleft()
                     ref = getattr(slot.handle, self._method).remote(chunks[index])
-                    inflight[ref] = (slot, slot.handle, index)
                     slot.inflight += 1
+                    # a chunk may wait behind the ones dispatched to its actor before it
+                    deadline = time.monotonic() + (self.task_timeout_s or 0.0) * slot.inflight
+                    inflight[ref] = (slot, slot.handle, index, deadline)
+
+    def _wait_timeout(self, inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int, float]]) -> float | None:
+        """Seconds until the next deadline of a chunk whose actor has not been killed already."""
+        self._killed &= {id(handle) for _, handle, _, _ in inflight.values()}  # forget handles now gone
+        deadlines = [d for _, handle, _, d in inflight.values() if id(handle) not in self._killed]
+        if self.task_timeout_s is None or not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _kill_overdue(self, inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int, float]]) -> None:
+        """End the actors of chunks past their deadline (a hung engine or daemon): they are replaced."""
+        now = time.monotonic()
+        for _, handle, _, deadline in inflight.values():
+            if deadline <= now and id(handle) not in self._killed:
+                self._killed.add(id(handle))
+                self.stats.timeouts += 1
+                log.warning("%s: an actor ran past task_timeout_s=%g; replacing it", self.what, self.task_timeout_s)
+                try:
+                    ray.kill(handle, no_restart=True)
+                except Exception:  # noqa: BLE001 - it may be gone already
+                    pass
 
     def _replace(self, slot: _Slot, dead: ActorHandle, exc: Exception) -> None:
         """Replace the slot's actor, once per death (its other in-flight chunks fail the same way)."""

@@ -145,6 +145,7 @@ class LLMPool:
         chunk_size: int | None = None,
         max_chunk_retries: int = 3,
         ready_timeout_s: float = 600.0,
+        task_timeout_s: float | None = None,
     ) -> None:
         ensure_ray()
         self.cfg = cfg
@@ -159,6 +160,7 @@ class LLMPool:
             what=f"LLM pool ({cfg.kind}: {self.model_name})",
             max_chunk_retries=max_chunk_retries,
             ready_timeout_s=ready_timeout_s,
+            task_timeout_s=task_timeout_s,
         )
 
     @property
@@ -208,6 +210,7 @@ class SandboxPool:
         chunk_size: int | None = None,
         max_chunk_retries: int = 3,
         ready_timeout_s: float = 600.0,
+        task_timeout_s: float | None = None,
     ) -> None:
         ensure_ray()
         slots = int(cluster_resource(DOCKER_RESOURCE))
@@ -229,6 +232,7 @@ class SandboxPool:
             what="sandbox pool",
             max_chunk_retries=max_chunk_retries,
             ready_timeout_s=ready_timeout_s,
+            task_timeout_s=task_timeout_s,
         )
         digests = set(self._pool.call_all("image_digest"))
         if len(digests) > 1:

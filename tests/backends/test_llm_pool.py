@@ -194,3 +194,18 @@ def test_ensure_ray_ignores_a_dead_cluster_left_on_this_machine():
         assert time.monotonic() - started < 60
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_an_actor_past_its_task_timeout_is_replaced(local_ray, server):
+    from completion_server import Fault
+
+    server.state.faults.append(Fault(stall_s=20))  # the first request hangs far past the pool's deadline
+    requests = _requests(4)
+    with LLMPool(_cfg(server, timeout_s=60), replicas=1, chunk_size=4, task_timeout_s=1.5) as pool:
+        started = time.monotonic()
+        results = pool.generate(requests)
+        elapsed = time.monotonic() - started
+        stats = pool.stats
+    assert _texts(results) == [[deterministic_text(r.prompt, j, r.seed, 5) for j in range(2)] for r in requests]
+    assert stats.timeouts == 1 and stats.actors_replaced == 1
+    assert elapsed < 15
