@@ -150,6 +150,9 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(tc.seed)
+    resumed_from = latest_checkpoint(out) if tc.resume else None
+    if tc.resume and resumed_from is None:
+        raise UserError(f"nothing to resume: no checkpoint in {out / 'checkpoints'} (drop --resume to start afresh)")
 
     # -- model and data ---------------------------------------------------------------------------
     examples = read_exports(dc.paths, dc.format, dc.answer_format, dc.system)
@@ -175,7 +178,6 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
 
     # -- resume -----------------------------------------------------------------------------------
     step, position, tokens_seen, targets_seen = 0, DataPosition(), 0, 0
-    resumed_from = latest_checkpoint(out) if tc.resume else None
     if resumed_from is not None:
         state = load_checkpoint(resumed_from, model, optimizer, info, fingerprint, model_args)
         step, position = state.step, state.position

@@ -76,6 +76,8 @@ def test_resuming_with_another_config_is_refused(make_config):
     train(make_config("train.max_steps=4", out="r"), stop_after=2)
     with pytest.raises(UserError, match="different config"):
         train(make_config("train.max_steps=4", "optim.lr=1e-4", "train.resume=true", out="r"))
+    with pytest.raises(UserError, match="nothing to resume: no checkpoint in"):
+        train(make_config("train.max_steps=4", "train.resume=true", out="elsewhere"))
 
 
 @pytest.mark.timeout(60)
