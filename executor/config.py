@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 IMAGE_REPOSITORY = "selfinstruct-sandbox"
@@ -37,6 +39,10 @@ class SandboxConfig(BaseModel):
     host_grace_s: float = Field(default=5.0, gt=0,
                                 description="extra time the host waits for a runner before replacing it")
     image: str | None = Field(default=None, description=f"image name; None means {DEFAULT_IMAGE}")
+    transport: Literal["auto", "socket", "exec"] = Field(
+        default="auto", description="how jobs reach the runner: a unix socket bind-mounted read-only from the host "
+        "(local daemon only; bypasses dockerd), the `docker exec` stream (works with any daemon), or auto: "
+        "socket when the daemon is local, exec otherwise")
 
     @property
     def image_name(self) -> str:

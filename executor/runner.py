@@ -27,6 +27,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import _signal  # the C functions: no enum conversions, so fewer pages touched in the child
 import sys
 import time
@@ -424,10 +425,16 @@ def main() -> None:
     gc.freeze()  # the preloaded heap is never scanned by a child's collector, so forks stay copy-on-write
     protected = {os.getpid(), *(pid for pid in _pids() if pid != os.getpid())}  # init + main process
     _clear_scratch()
-    _write_all(1, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode())
-    stdin = sys.stdin.buffer
+    channel_path = os.environ.pop("SELFINSTRUCT_RUNNER_SOCKET", None)
+    if channel_path:  # socket transport: the host accepts this one connection and then removes the listener
+        channel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        channel.connect(channel_path)
+        reader, out_fd = channel.makefile("rb"), channel.fileno()
+    else:  # exec transport: the exec's stdin/stdout
+        reader, out_fd = sys.stdin.buffer, 1
+    _write_all(out_fd, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode())
     while True:
-        line = stdin.readline()
+        line = reader.readline()
         if not line:
             return
         try:
@@ -436,7 +443,7 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - report the runner's own failure as a sandbox error
             reply = {"outcome": "sandbox_error", "tests": [], "duration_ms": 0.0, "stdout": "",
                      "stderr": f"[sandbox] runner failure: {type(exc).__name__}: {exc}\n", "anomaly": "runner failure"}
-        _write_all(1, (json.dumps(reply) + "\n").encode())
+        _write_all(out_fd, (json.dumps(reply) + "\n").encode())
 
 
 def bootstrap_source() -> str:

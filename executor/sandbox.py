@@ -22,7 +22,8 @@ import docker
 
 from executor import image as sandbox_image
 from executor.config import CONTAINER_LABEL, SandboxConfig
-from executor.container import OWNER_LABEL, RunnerGone, SandboxContainer, owner_is_alive, owner_label
+from executor.container import (OWNER_LABEL, RunnerGone, SandboxContainer, daemon_is_local, owner_is_alive,
+                                owner_label)
 from executor.jobs import Job, Result, TestResult
 from selfinstruct.errors import UserError
 
@@ -84,6 +85,7 @@ class Sandbox:
         self._pool: ThreadPoolExecutor | None = None
         self._finalizer: weakref.finalize | None = None
         self.image_digest: str | None = None
+        self.transport: str = self.cfg.transport  # resolved at start: "socket" or "exec"
         self.replaced = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -102,6 +104,10 @@ class Sandbox:
         if self._client is None:
             self._client = sandbox_image.connect(pool_size=self.cfg.workers * 2 + 4)
         image = sandbox_image.resolve_image(self._client, self.cfg.image_name)
+        if self.cfg.transport == "auto":
+            self.transport = "socket" if daemon_is_local(self._client) else "exec"
+        else:
+            self.transport = self.cfg.transport
         self.image_digest = image.id
         removed = remove_containers(self._client, stale_only=True)
         if removed:
@@ -130,7 +136,14 @@ class Sandbox:
 
     def _new_container(self) -> SandboxContainer:
         try:
-            container = SandboxContainer(self._client, self.cfg, self.image_digest, self._owner)
+            try:
+                container = SandboxContainer(self._client, self.cfg, self.image_digest, self._owner, self.transport)
+            except RunnerGone as exc:
+                if not (self.transport == "socket" and self.cfg.transport == "auto"):
+                    raise
+                log.warning("socket transport failed (%s); using the docker exec stream from now on", exc)
+                self.transport = "exec"
+                container = SandboxContainer(self._client, self.cfg, self.image_digest, self._owner, self.transport)
         except docker.errors.ImageNotFound as exc:
             raise UserError(f"sandbox image {self.cfg.image_name!r} disappeared: run `selfinstruct sandbox build`") from exc
         except docker.errors.APIError as exc:

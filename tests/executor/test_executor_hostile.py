@@ -141,6 +141,21 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
                 pass
         os._exit(0)
         """, {"error"}),
+    "connect_to_the_runner_channel": ("""
+        import os, socket
+        for path in ('/run/selfinstruct/runner.sock', '/run/selfinstruct/evil.sock'):
+            client = socket.socket(socket.AF_UNIX)
+            try:
+                client.connect(path)
+                client.sendall(b'{"outcome": "passed"}\\n')
+            except OSError:
+                pass
+            try:
+                client.bind(path)
+            except OSError:
+                pass
+        os._exit(0)
+        """, {"error"}),
     "close_all_descriptors": ("import os\nos.closerange(0, 1024)\ndef answer():\n    return 42", {"error"}),
     "sys_exit_zero": ("import sys\nsys.exit(0)", {"error"}),
     "os_exit_zero": ("import os\nos._exit(0)", {"error"}),

@@ -105,3 +105,17 @@ def test_missing_daemon_is_a_user_error(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(UserError, match="cannot reach the Docker daemon"):
         Sandbox(SandboxConfig(workers=1)).start()
+
+
+@pytest.mark.timeout(120)
+def test_the_exec_stream_transport_gives_the_same_verdicts(sandbox_image, docker_client, sandbox):
+    assert sandbox.transport == "socket"  # the default on a local daemon
+    jobs = [_identity_job(1), Job(id="exits", solution="import os\nos._exit(0)", tests=["assert True"]),
+            Job(id="kills", solution="import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", tests=["assert True"]),
+            Job(id="ok", solution="print('hi')", tests=["assert 1 == 1"])]
+    with Sandbox(SandboxConfig(workers=1, transport="exec"), client=docker_client) as pool:
+        assert pool.transport == "exec"
+        results = pool.run(jobs)
+    assert [r.outcome for r in results] == ["failed", "error", "error", "passed"]
+    assert results[3].stdout == "hi\n"
+    assert [r.outcome for r in sandbox.run(jobs)] == ["failed", "error", "error", "passed"]
