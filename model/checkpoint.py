@@ -234,12 +234,12 @@ def meta_params(args: ModelArgs) -> dict[str, Any]:
 
 def _permute_to_hf(w: Tensor, n_heads: int) -> Tensor:
     out, dim = w.shape
-    return w.view(n_heads, out // n_heads // 2, 2, dim).transpose(1, 2).reshape(out, dim)
+    return w.reshape(n_heads, out // n_heads // 2, 2, dim).transpose(1, 2).reshape(out, dim)
 
 
 def _permute_to_meta(w: Tensor, n_heads: int) -> Tensor:
     out, dim = w.shape
-    return w.view(n_heads, 2, out // n_heads // 2, dim).transpose(1, 2).reshape(out, dim)
+    return w.reshape(n_heads, 2, out // n_heads // 2, dim).transpose(1, 2).reshape(out, dim)
 
 
 def meta_to_hf(state: StateDict, args: ModelArgs) -> StateDict:

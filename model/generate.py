@@ -50,6 +50,8 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str | S
             raise UserError(f"prompt {i} is empty")
         if min(ids) < 0 or max(ids) >= model.args.vocab_size:
             raise UserError(f"prompt {i} has token ids outside the vocabulary [0, {model.args.vocab_size})")
+    if model.output.weight.device.type == "cpu":
+        model.use_column_major_weights()  # MKL's fast matrix-vector layout; values unchanged
     rows = [(p, i) for p in range(len(encoded)) for i in range(n)]
     outputs: list[list[GenerationOutput | None]] = [[None] * n for _ in encoded]
     stop_ids = {tokenizer.eos_id, *stop_token_ids}

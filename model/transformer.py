@@ -172,6 +172,20 @@ class Transformer(nn.Module):
                     param.normal_(0.0, scale, generator=generator)
         return self
 
+    def use_column_major_weights(self) -> Transformer:
+        """Store every Linear weight column-major, in place: same values, shapes and names, transposed strides.
+
+        On CPU, `F.linear` with a column-major weight runs as x @ W^T over contiguous memory, the layout
+        MKL's matrix-vector kernel streams fastest: batch-1 decode of a 58M model goes 2-3x faster per
+        matmul (bench/model.py). Idempotent; `generate` applies it to CPU models. Saving is unaffected
+        (checkpoint writers make tensors contiguous).
+        """
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Linear) and module.weight.is_contiguous():
+                    module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
     def enable_activation_checkpointing(self, enabled: bool = True) -> Transformer:
         """Recompute each block's activations in backward (memory for compute)."""
         self.activation_checkpointing = enabled

@@ -158,3 +158,19 @@ def test_cli_init_convert_info(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "unknown model preset 'nope'" in capsys.readouterr().err
     assert model_cli(["info", str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip().endswith("missing: checkpoint not found")
+
+
+def test_column_major_weights_keep_values_and_save_identically(tmp_path: Path) -> None:
+    model = _random_model().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokens = torch.randint(0, 512, (1, 16))
+    with torch.no_grad():
+        expected = model(tokens)
+        model.use_column_major_weights().use_column_major_weights()  # idempotent
+        assert model.output.weight.stride() == (1, 512) and model.output.weight.shape == (512, 64)
+        torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=0)
+    save_hf(model, tmp_path / "hf")
+    save_meta(model, tmp_path / "meta")
+    for path in (tmp_path / "hf", tmp_path / "meta"):
+        _, loaded = load_state_dict(path)
+        assert all(torch.equal(loaded[k], before[k]) for k in before)
