@@ -169,6 +169,26 @@ def _candidates(f: ExportFilter, t: Any, p: Any, s: Any, e: Any, r: Any) -> list
     return conds
 
 
+def _tests_of(conn: sa.Connection, problem_ids: list[int]) -> dict[int, list[str]]:
+    """Every test of these problems, in index order. On the DB-API cursor: about five rows per
+    exported row, where SQLAlchemy's per-row result processing was a third of the export's time."""
+    quote = conn.dialect.identifier_preparer.quote
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = (
+        f"SELECT problem_id, code FROM {quote('tests')} WHERE problem_id IN ({', '.join([mark] * len(problem_ids))}) "
+        f"ORDER BY problem_id, {quote('index')}"
+    )
+    tests_of: dict[int, list[str]] = defaultdict(list)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, problem_ids)
+        for pid, code in cursor.fetchall():
+            tests_of[pid].append(code)
+    finally:
+        cursor.close()
+    return tests_of
+
+
 def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Triplet]:
     """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time."""
     t, p, s, e, r = (m.__table__ for m in (Triple, Problem, Solution, Execution, Run))
@@ -227,13 +247,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
         while rows := conn.execute(page.where(t.c.id > last)).all():
             last = rows[-1][0]
             problem_ids = [row[2] for row in rows]
-            tests_of: dict[int, list[str]] = defaultdict(list)
-            for pid, code in conn.execute(
-                sa.select(tests.c.problem_id, tests.c.code)
-                .where(tests.c.problem_id.in_(problem_ids))
-                .order_by(tests.c.problem_id, tests.c.index)
-            ):
-                tests_of[pid].append(code)
+            tests_of = _tests_of(conn, problem_ids)
             for (
                 _,
                 run,
