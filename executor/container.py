@@ -213,7 +213,10 @@ class SandboxContainer:
                 readable, _, _ = select.select([listener, self._exec_sock], [], [], remaining)
                 if listener in readable:
                     connection, _ = listener.accept()
-                    return connection
+                    if self._is_our_runner(connection):
+                        return connection
+                    connection.close()  # someone else on this host raced for the socket: not our runner
+                    continue
                 if readable:
                     data = self._exec_sock.recv(1 << 16)
                     if not data:
@@ -253,6 +256,17 @@ class SandboxContainer:
         reply = self._read_line(time.monotonic() + timeout_s + self.cfg.host_grace_s)
         self.jobs_done += 1
         return reply
+
+    def _is_our_runner(self, connection: socket.socket) -> bool:
+        """The peer (SO_PEERCRED) must be the sandbox uid and a process inside this very container."""
+        pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                   struct.calcsize("3i")))
+        try:
+            with open(f"/proc/{pid}/cgroup") as handle:
+                in_container = self.container.id in handle.read()
+        except OSError:
+            in_container = False
+        return uid == SANDBOX_UID and in_container
 
     def _diagnostics(self) -> str:
         """The tail of the runner's stderr, when it left one (exec transport: it is in the same stream)."""

@@ -119,3 +119,18 @@ def test_the_exec_stream_transport_gives_the_same_verdicts(sandbox_image, docker
     assert [r.outcome for r in results] == ["failed", "error", "error", "passed"]
     assert results[3].stdout == "hi\n"
     assert [r.outcome for r in sandbox.run(jobs)] == ["failed", "error", "error", "passed"]
+
+
+def test_a_host_process_cannot_pose_as_the_runner(sandbox):
+    import socket as socket_module
+
+    from executor.container import SandboxContainer
+
+    container = sandbox._live[0]
+    ours, theirs = socket_module.socketpair(socket_module.AF_UNIX)
+    try:
+        assert isinstance(container, SandboxContainer)
+        assert container._is_our_runner(ours) is False  # peer: this test process, uid 0, outside the container
+    finally:
+        ours.close()
+        theirs.close()
