@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from db import queries
 from db.records import (
+    ExecutionJob,
     LLMCallRecord,
     NewProblem,
     SolutionSample,
@@ -42,6 +44,7 @@ from generator.seeds import derive_seed, shown_test_index
 if TYPE_CHECKING:
     from generator.dedup import NearDeduplicator
 
+BATCHES_IN_SANDBOX = 2  # batches handed to the sandbox at once (it is thread-safe)
 SELECT_EVERY_S = 5.0  # how often the execution stage selects triples while it runs
 SANDBOX_RETRIES = 2  # a job whose sandbox failed (not the solution) runs again this often before it is recorded
 
@@ -282,11 +285,12 @@ class SolutionsStage:
 class ExecutionsStage:
     """Every parsed solution against every test of its problem in the sandbox, then selection.
 
-    Batches are walked by solution id (a cursor), and each batch's results are written by a recorder
-    thread while the sandbox already runs the next batch, so the database never idles the sandbox.
-    A result the sandbox itself failed (`sandbox_error`) is retried before it is recorded as final.
-    When the cursor finds nothing, the stage sweeps the queue from the start once more (solutions a
-    concurrent writer committed out of id order, and the retries).
+    Batches are walked by solution id (a cursor). Two batches are in the sandbox at once, so its
+    workers never wait at a batch boundary for the slowest job of a batch, and each batch's results
+    are written by a recorder thread while the sandbox runs the next ones: the database never idles
+    the sandbox. A result the sandbox itself failed (`sandbox_error`) is retried before it is recorded
+    as final. When the cursor finds nothing and nothing is in flight, the stage sweeps the queue from
+    the start once more (solutions a concurrent writer committed out of id order, and the retries).
     """
 
     name = "executions"
@@ -297,6 +301,8 @@ class ExecutionsStage:
         self._sandbox = sandbox
         self._cursor = 0
         self._attempts: dict[int, int] = {}
+        self._runner = ThreadPoolExecutor(max_workers=BATCHES_IN_SANDBOX, thread_name_prefix="run-executions")
+        self._running: deque[tuple[list[ExecutionJob], Future[list[Result]]]] = deque()
         self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record-executions")
         self._in_flight: Future[int] | None = None
         self._selected_at = float("-inf")
@@ -325,11 +331,33 @@ class ExecutionsStage:
             future, self._in_flight = self._in_flight, None
             self.executed += future.result()  # re-raises a failed write here, in the stage's thread
 
+    def _collect_oldest(self) -> int:
+        """Wait for the oldest batch in the sandbox and hand its results to the recorder."""
+        pending, future = self._running.popleft()
+        by_id = {result.id: result for result in future.result()}
+        digest = self._sandbox().image_digest
+        items: list[tuple[int, Result]] = []
+        for item in pending:
+            result = by_id.get(str(item.solution_id))
+            if result is None:
+                raise RuntimeError(f"the sandbox returned no result for job {item.solution_id}")
+            if result.outcome == "sandbox_error" and self._attempts.get(item.solution_id, 0) < SANDBOX_RETRIES:
+                self._attempts[item.solution_id] = self._attempts.get(item.solution_id, 0) + 1
+                continue  # not recorded: the sweep runs it again
+            if result.image_digest is None and digest is not None:
+                result = result.model_copy(update={"image_digest": digest})
+            items.append((item.solution_id, result))
+        self._wait_recorder()
+        self._in_flight = self._recorder.submit(self._record, items)
+        return len(pending)
+
     def step(self) -> int:
         pending = queries.pending_executions(
             self.ctx.engine, self.ctx.run_id, self.cfg.batch_size, after_solution_id=self._cursor
         )
         if not pending:
+            if self._running:
+                return self._collect_oldest()
             self._wait_recorder()
             if self._cursor == 0:
                 return 0
@@ -339,25 +367,18 @@ class ExecutionsStage:
         sandbox = self._sandbox()
         if self.started_at is None:
             self.started_at = time.monotonic()
-        results = sandbox.run([item.job(imports=self.cfg.imports) for item in pending])
-        by_id = {result.id: result for result in results}
-        items: list[tuple[int, Result]] = []
-        for item in pending:
-            result = by_id.get(str(item.solution_id))
-            if result is None:
-                raise RuntimeError(f"the sandbox returned no result for job {item.solution_id}")
-            if result.outcome == "sandbox_error" and self._attempts.get(item.solution_id, 0) < SANDBOX_RETRIES:
-                self._attempts[item.solution_id] = self._attempts.get(item.solution_id, 0) + 1
-                continue
-            if result.image_digest is None and sandbox.image_digest is not None:
-                result = result.model_copy(update={"image_digest": sandbox.image_digest})
-            items.append((item.solution_id, result))
-        self._wait_recorder()
-        self._in_flight = self._recorder.submit(self._record, items)
+        jobs = [item.job(imports=self.cfg.imports) for item in pending]
+        self._running.append((pending, self._runner.submit(sandbox.run, jobs)))
+        if len(self._running) >= BATCHES_IN_SANDBOX:
+            self._collect_oldest()
         return len(pending)
 
     def close(self) -> None:
+        """Record the batches still in the sandbox (a stopping run keeps their results), then stop."""
         try:
+            while self._running:
+                self._collect_oldest()
             self._wait_recorder()
         finally:
+            self._runner.shutdown(wait=True, cancel_futures=True)
             self._recorder.shutdown(wait=True)
