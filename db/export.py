@@ -192,7 +192,7 @@ def _tests_of(conn: sa.Connection, problem_ids: list[int]) -> dict[int, list[str
 def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Triplet]:
     """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time."""
     t, p, s, e, r = (m.__table__ for m in (Triple, Problem, Solution, Execution, Run))
-    shown, calls, tests = Test.__table__.alias("shown"), LLMCall.__table__, Test.__table__
+    shown, calls = Test.__table__.alias("shown"), LLMCall.__table__
     pcall, tcall, scall = calls.alias("pcall"), calls.alias("tcall"), calls.alias("scall")
     where = _candidates(f, t, p, s, e, r)
     if f.dedup:  # the earliest triple with this problem hash among the exported candidates wins

@@ -643,7 +643,9 @@ def select_triples(
                 )
                 for pid in problem_ids
             ]
-            added += len(insert_ignore(conn, triples_t, chosen, returning=[triples_t.c.id]))
+            added_now = len(insert_ignore(conn, triples_t, chosen, returning=[triples_t.c.id]))
+            added += added_now
+            note_bulk_write(conn, added_now)
             last_id = problem_ids[-1]
     return added
 
