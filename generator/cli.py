@@ -10,7 +10,9 @@ Rerunning `generate` with the same configuration resumes the run from its databa
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from rich.console import Console
 
@@ -41,6 +43,17 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="also print the run report as one JSON line on stdout")
 
 
+def _interrupt_on_sigterm() -> None:
+    """`ray job stop` and schedulers send SIGTERM: treat it like Ctrl-C, so batches in flight are
+    committed and sandbox containers removed before the process ends."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def _run(args: argparse.Namespace) -> int:
     from generator.config import load_config
     from generator.pipeline import Pipeline
@@ -48,6 +61,7 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + (["ray.enabled=false"] if args.no_ray else [])
     cfg = load_config(args.config, overrides)
+    _interrupt_on_sigterm()
     console = Console(stderr=True)
     report = Pipeline(
         cfg,

@@ -85,3 +85,27 @@ def test_sigkilled_driver_resumes_to_exactly_the_uninterrupted_result(tmp_path, 
     assert duplicate_rows(killed_url) == dict.fromkeys(duplicate_rows(killed_url), 0)
     with sqlite3.connect(killed_db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_sigterm_stops_gracefully_and_the_rerun_completes(tmp_path, docker_client):
+    db = tmp_path / "term.db"
+    url = f"sqlite:///{db}"
+    config = write_config(tmp_path / "term.yaml", config_dict(db, delay_s=0.8))
+    process = _driver(config)
+    deadline = time.monotonic() + 90
+    while process.poll() is None and time.monotonic() < deadline:
+        counts = _counts(url)
+        if counts and counts["solutions"] > 0:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 130, output.decode(errors="replace")[-2000:]
+    assert b"interrupted: finishing the batches in flight" in output
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status FROM runs").fetchone() == ("failed",)
+    _finish(_driver(config))
+    assert {(text, code) for text, code, _ in triples(url, "e2e")} == EXPECTED_TRIPLES
+    assert duplicate_rows(url) == dict.fromkeys(duplicate_rows(url), 0)
