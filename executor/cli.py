@@ -35,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="skip jobs whose id already has a line in --output")
 
     clean = sub.add_parser("clean", help="remove every sandbox container (labeled selfinstruct.sandbox)")
-    clean.add_argument("--stale", action="store_true",
-                       help="only containers whose owning process on this host has exited (safe while pools run)")
+    clean.add_argument(
+        "--stale",
+        action="store_true",
+        help="only containers whose owning process on this host has exited (safe while pools run)",
+    )
     return parser
 
 
@@ -54,8 +57,13 @@ def _build(args: argparse.Namespace) -> int:
     from executor import image
 
     client = image.connect()
-    image.build(client, from_image=args.from_image, force=args.force, mirror=args.mirror,
-                log=lambda message: print(message, file=sys.stderr))
+    image.build(
+        client,
+        from_image=args.from_image,
+        force=args.force,
+        mirror=args.mirror,
+        log=lambda message: print(message, file=sys.stderr),
+    )
     return 0
 
 
@@ -124,8 +132,10 @@ def _run(args: argparse.Namespace) -> int:
     out = args.output.open("a" if args.resume else "w", encoding="utf-8") if args.output else sys.stdout
     started = time.monotonic()
     try:
-        with Sandbox(cfg) as sandbox, tqdm(total=total, initial=len(skip), unit="job", file=sys.stderr,
-                                           disable=None) as progress:
+        with (
+            Sandbox(cfg) as sandbox,
+            tqdm(total=total, initial=len(skip), unit="job", file=sys.stderr, disable=None) as progress,
+        ):
             reported = 0
             for result in sandbox.iter_results(read_jobs(args.jobs, errors, skip)):
                 out.write(result.model_dump_json() + "\n")
@@ -147,7 +157,10 @@ def _run(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     done = sum(counts.values())
     summary = ", ".join(f"{name} {counts[name]}" for name in OUTCOMES if counts[name])
-    print(f"{done} jobs in {elapsed:.1f}s ({done / elapsed if elapsed else 0:.1f}/s): {summary or 'nothing run'}"
-          + (f"; {len(skip)} already done" if skip else "")
-          + (f"; {len(errors)} malformed line(s) skipped" if errors else ""), file=sys.stderr)
+    print(
+        f"{done} jobs in {elapsed:.1f}s ({done / elapsed if elapsed else 0:.1f}/s): {summary or 'nothing run'}"
+        + (f"; {len(skip)} already done" if skip else "")
+        + (f"; {len(errors)} malformed line(s) skipped" if errors else ""),
+        file=sys.stderr,
+    )
     return 1 if errors else 0

@@ -71,7 +71,7 @@ def process_start_time(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        return stat[stat.rindex(b")") + 2:].split()[19].decode()
+        return stat[stat.rindex(b")") + 2 :].split()[19].decode()
     except (OSError, ValueError, IndexError):
         return "?"
 
@@ -138,8 +138,8 @@ class _Frames:
             stream, size = self.buffer[0], struct.unpack(">I", self.buffer[4:8])[0]
             if len(self.buffer) < 8 + size:
                 return
-            payload = bytes(self.buffer[8:8 + size])
-            del self.buffer[:8 + size]
+            payload = bytes(self.buffer[8 : 8 + size])
+            del self.buffer[: 8 + size]
             if stream == STDERR:
                 self.stderr += payload
                 del self.stderr[:-8192]  # keep only the tail of the runner's own diagnostics
@@ -150,8 +150,9 @@ class _Frames:
 class SandboxContainer:
     """A started container with a ready runner. Not thread-safe: the pool gives it to one thread at a time."""
 
-    def __init__(self, client: docker.DockerClient, cfg: SandboxConfig, image_id: str, owner: str,
-                 transport: str = "exec") -> None:
+    def __init__(
+        self, client: docker.DockerClient, cfg: SandboxConfig, image_id: str, owner: str, transport: str = "exec"
+    ) -> None:
         self.cfg = cfg
         self.client = client
         self.transport = transport
@@ -172,8 +173,15 @@ class SandboxContainer:
             labels = {CONTAINER_LABEL: "1", OWNER_LABEL: owner}
             self.container = client.containers.run(image_id, name=self.name, labels=labels, **options)
             exec_id = client.api.exec_create(
-                self.container.id, ["python3", "-s", "-c", bootstrap_source()], stdin=True, stdout=True,
-                stderr=True, user=f"{SANDBOX_UID}:{SANDBOX_UID}", environment=environment, workdir="/tmp")["Id"]
+                self.container.id,
+                ["python3", "-s", "-c", bootstrap_source()],
+                stdin=True,
+                stdout=True,
+                stderr=True,
+                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                environment=environment,
+                workdir="/tmp",
+            )["Id"]
             response = client.api.exec_start(exec_id, socket=True)
             self._exec_sock = getattr(response, "_sock", response)
             self._exec_frames = _Frames(bytearray(), bytearray(), bytearray())
@@ -208,8 +216,9 @@ class SandboxContainer:
             while True:  # also watch the exec stream, so a runner that dies first is reported, not waited for
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise RunnerGone("the runner did not connect to its socket (is the daemon on this host?)",
-                                     sent=False)
+                    raise RunnerGone(
+                        "the runner did not connect to its socket (is the daemon on this host?)", sent=False
+                    )
                 readable, _, _ = select.select([listener, self._exec_sock], [], [], remaining)
                 if listener in readable:
                     connection, _ = listener.accept()
@@ -259,8 +268,9 @@ class SandboxContainer:
 
     def _is_our_runner(self, connection: socket.socket) -> bool:
         """The peer (SO_PEERCRED) must be the sandbox uid and a process inside this very container."""
-        pid, uid, _gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                   struct.calcsize("3i")))
+        pid, uid, _gid = struct.unpack(
+            "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        )
         try:
             with open(f"/proc/{pid}/cgroup") as handle:
                 in_container = self.container.id in handle.read()

@@ -42,10 +42,25 @@ MAX_ERROR_CHARS = 500
 MAX_TRUSTED_NODES = 2_000_000
 
 # Exact types whose equality, ordering and truth are implemented in C and cannot be changed at run time.
-_TRUSTED_LEAVES = frozenset({
-    type(None), bool, int, float, complex, str, bytes, range, type(Ellipsis),
-    decimal.Decimal, datetime.date, datetime.datetime, datetime.time, datetime.timedelta, datetime.timezone,
-})
+_TRUSTED_LEAVES = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        complex,
+        str,
+        bytes,
+        range,
+        type(Ellipsis),
+        decimal.Decimal,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        datetime.timezone,
+    }
+)
 _TRUSTED_SEQUENCES = frozenset({list, tuple, set, frozenset, collections.deque})
 _TRUSTED_MAPPINGS = frozenset({dict, collections.OrderedDict, collections.defaultdict})
 
@@ -63,6 +78,7 @@ class UntrustedComparison(AssertionError):
 # --------------------------------------------------------------------------------------------------
 # Trusted values and comparisons
 # --------------------------------------------------------------------------------------------------
+
 
 def is_trusted(value: object) -> bool:
     """True when `value` is built only from exact built-in types (no subclass, no user class)."""
@@ -101,8 +117,18 @@ _ORDERING = {
     "In": lambda a, b: a in b,
     "NotIn": lambda a, b: a not in b,
 }
-_SYMBOL = {"Lt": "<", "LtE": "<=", "Gt": ">", "GtE": ">=", "Eq": "==", "NotEq": "!=", "In": "in",
-           "NotIn": "not in", "Is": "is", "IsNot": "is not"}
+_SYMBOL = {
+    "Lt": "<",
+    "LtE": "<=",
+    "Gt": ">",
+    "GtE": ">=",
+    "Eq": "==",
+    "NotEq": "!=",
+    "In": "in",
+    "NotIn": "not in",
+    "Is": "is",
+    "IsNot": "is not",
+}
 
 
 def _type_name(value: object) -> str:
@@ -123,7 +149,8 @@ def compare(op: str, left: object, right: object) -> bool:
         return strict_equal(left, right)
     raise UntrustedComparison(
         f"cannot decide `{_SYMBOL[op]}` between {_type_name(left)} and {_type_name(right)}: "
-        "the result would be chosen by the object itself")
+        "the result would be chosen by the object itself"
+    )
 
 
 def strict_equal(left: object, right: object) -> bool:
@@ -140,8 +167,11 @@ def strict_equal(left: object, right: object) -> bool:
         keys = list(dict.keys(left))
         if not (is_trusted(keys) and is_trusted(list(dict.keys(right)))):
             raise UntrustedComparison(f"cannot compare {_type_name(left)}s keyed by untrusted objects")
-        return (len(left) == len(right) and all(key in right for key in keys)
-                and all(strict_equal(dict.__getitem__(left, key), dict.__getitem__(right, key)) for key in keys))
+        return (
+            len(left) == len(right)
+            and all(key in right for key in keys)
+            and all(strict_equal(dict.__getitem__(left, key), dict.__getitem__(right, key)) for key in keys)
+        )
     if kind in (set, frozenset):
         raise UntrustedComparison(f"cannot compare {_type_name(left)}s of untrusted objects")
     # Same user-defined type on both sides: its __eq__ must agree in both directions and return a real bool.
@@ -178,6 +208,7 @@ def truth(value: object) -> bool:
 # Compiling tests
 # --------------------------------------------------------------------------------------------------
 
+
 class _AssertRewriter(ast.NodeTransformer):
     """Route every comparison inside an assert's condition, and the condition itself, through the helpers."""
 
@@ -198,8 +229,9 @@ class _AssertRewriter(ast.NodeTransformer):
         if not self.in_assert:
             return node
         ops = ast.Constant(tuple(type(op).__name__ for op in node.ops))
-        return ast.Call(func=ast.Name(COMPARE_HELPER, ast.Load()), args=[ops, node.left, *node.comparators],
-                        keywords=[])
+        return ast.Call(
+            func=ast.Name(COMPARE_HELPER, ast.Load()), args=[ops, node.left, *node.comparators], keywords=[]
+        )
 
 
 class _BoundNames(ast.NodeVisitor):
@@ -296,8 +328,13 @@ def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
         bound.visit(stmt)
     names = sorted(bound.names - {COMPARE_HELPER, TRUTH_HELPER, TEST_FUNCTION})
     body: list[ast.stmt] = ([ast.Global(names=names)] if names else []) + tree.body
-    arguments = ast.arguments(posonlyargs=[], args=[ast.arg(COMPARE_HELPER), ast.arg(TRUTH_HELPER)],
-                              kwonlyargs=[], kw_defaults=[], defaults=[])
+    arguments = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(COMPARE_HELPER), ast.arg(TRUTH_HELPER)],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
+    )
     function = ast.FunctionDef(name=TEST_FUNCTION, args=arguments, body=body, decorator_list=[], returns=None)
     if sys.version_info >= (3, 12):
         function.type_params = []
@@ -309,6 +346,7 @@ def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
 # --------------------------------------------------------------------------------------------------
 # Running a job (inside the forked child)
 # --------------------------------------------------------------------------------------------------
+
 
 def describe(exc: BaseException) -> str:
     """`Type: message`, robust against exceptions whose __str__ misbehaves."""
@@ -430,6 +468,6 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
     for stream in (real_stdout, real_stderr):
         try:
             stream.flush()
-        except BaseException:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001, S110 - a broken stream must not cost the verdict
             pass
     channel.send({"done": len(tests), "load": load_error, "mem": memory})

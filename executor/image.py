@@ -34,8 +34,14 @@ IMAGE_CHANGES = [
     'CMD ["sleep", "infinity"]',
 ]
 # Not needed to run Python, and most of the root's size.
-PRUNE = ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info",
-         "usr/share/locale")
+PRUNE = (
+    "var/cache/apt/archives",
+    "var/lib/apt/lists",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+)
 
 
 def cache_dir() -> Path:
@@ -49,8 +55,10 @@ def connect(timeout: int = 60, pool_size: int = 10) -> docker.DockerClient:
         client = docker.from_env(timeout=timeout, max_pool_size=pool_size)
         client.ping()
     except docker.errors.DockerException as exc:
-        raise UserError(f"cannot reach the Docker daemon ({exc.__class__.__name__}): start it "
-                        "(`sudo dockerd &` or scripts/setup.sh) or set DOCKER_HOST") from exc
+        raise UserError(
+            f"cannot reach the Docker daemon ({exc.__class__.__name__}): start it "
+            "(`sudo dockerd &` or scripts/setup.sh) or set DOCKER_HOST"
+        ) from exc
     return client
 
 
@@ -58,8 +66,11 @@ def resolve_image(client: docker.DockerClient, name: str) -> docker.models.image
     try:
         return client.images.get(name)
     except docker.errors.ImageNotFound as exc:
-        hint = "run `selfinstruct sandbox build`" if name.startswith(IMAGE_REPOSITORY) else \
-            f"pull it or run `selfinstruct sandbox build --from-image {name}`"
+        hint = (
+            "run `selfinstruct sandbox build`"
+            if name.startswith(IMAGE_REPOSITORY)
+            else f"pull it or run `selfinstruct sandbox build --from-image {name}`"
+        )
         raise UserError(f"sandbox image {name!r} not found: {hint}") from exc
 
 
@@ -74,21 +85,30 @@ def _sha256(path: Path) -> str:
 def _make_rootfs(tarball: Path, mirror: str, log: Callable[[str], None]) -> None:
     """debootstrap a minimal root with python3, add the sandbox user, prune, tar it reproducibly."""
     if shutil.which("debootstrap") is None:
-        raise UserError("debootstrap is not installed: `sudo apt-get install debootstrap`, "
-                        "or use `selfinstruct sandbox build --from-image python:3.11-slim`")
+        raise UserError(
+            "debootstrap is not installed: `sudo apt-get install debootstrap`, "
+            "or use `selfinstruct sandbox build --from-image python:3.11-slim`"
+        )
     if os.geteuid() != 0:
-        raise UserError("building the image with debootstrap needs root: run it with sudo, "
-                        "or use `selfinstruct sandbox build --from-image NAME`")
+        raise UserError(
+            "building the image with debootstrap needs root: run it with sudo, "
+            "or use `selfinstruct sandbox build --from-image NAME`"
+        )
     tarball.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=tarball.parent, prefix="rootfs-") as work:
         root = Path(work) / "root"
         log(f"debootstrap {SUITE} (minbase + python3) from {mirror}")
-        proc = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(root), mirror],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["debootstrap", "--variant=minbase", "--include=python3", SUITE, str(root), mirror],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-            raise UserError(f"debootstrap failed ({' | '.join(tail)}); check the mirror {mirror} "
-                            "or use --from-image NAME")
+            raise UserError(
+                f"debootstrap failed ({' | '.join(tail)}); check the mirror {mirror} or use --from-image NAME"
+            )
         with (root / "etc/passwd").open("a") as handle:
             handle.write(f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/tmp:/usr/sbin/nologin\n")
         with (root / "etc/group").open("a") as handle:
@@ -99,8 +119,21 @@ def _make_rootfs(tarball: Path, mirror: str, log: Callable[[str], None]) -> None
                 shutil.rmtree(target)
                 target.mkdir()
         partial = tarball.with_suffix(".partial")
-        subprocess.run(["tar", "--sort=name", "--mtime=@0", "--numeric-owner", "--xattrs", "-C", str(root),
-                        "-cf", str(partial), "."], check=True)
+        subprocess.run(
+            [
+                "tar",
+                "--sort=name",
+                "--mtime=@0",
+                "--numeric-owner",
+                "--xattrs",
+                "-C",
+                str(root),
+                "-cf",
+                str(partial),
+                ".",
+            ],
+            check=True,
+        )
         partial.rename(tarball)
 
 
@@ -109,8 +142,14 @@ def _tag_latest(image: docker.models.images.Image, digest_tag: str) -> None:
     image.tag(IMAGE_REPOSITORY, "latest")
 
 
-def build(client: docker.DockerClient, *, from_image: str | None = None, force: bool = False,
-          mirror: str | None = None, log: Callable[[str], None] = print) -> str:
+def build(
+    client: docker.DockerClient,
+    *,
+    from_image: str | None = None,
+    force: bool = False,
+    mirror: str | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
     """Make sure `selfinstruct-sandbox:latest` exists; returns the digest-tagged name. Idempotent."""
     if from_image:
         return _adopt(client, from_image, log)
@@ -118,8 +157,9 @@ def build(client: docker.DockerClient, *, from_image: str | None = None, force: 
         try:
             existing = client.images.get(DEFAULT_IMAGE)
             tags = [t for t in existing.tags if t.startswith(IMAGE_REPOSITORY + ":") and t != DEFAULT_IMAGE]
-            log(f"sandbox image present: {tags[0] if tags else DEFAULT_IMAGE} ({existing.id[:19]}); "
-                "--force rebuilds it")
+            log(
+                f"sandbox image present: {tags[0] if tags else DEFAULT_IMAGE} ({existing.id[:19]}); --force rebuilds it"
+            )
             return tags[0] if tags else DEFAULT_IMAGE
         except docker.errors.ImageNotFound:
             pass
@@ -134,8 +174,7 @@ def build(client: docker.DockerClient, *, from_image: str | None = None, force: 
         image = client.images.get(name)
     except docker.errors.ImageNotFound:
         log(f"docker import {tarball.name} -> {name}")
-        client.api.import_image_from_file(str(tarball), repository=IMAGE_REPOSITORY, tag=digest,
-                                          changes=IMAGE_CHANGES)
+        client.api.import_image_from_file(str(tarball), repository=IMAGE_REPOSITORY, tag=digest, changes=IMAGE_CHANGES)
         image = client.images.get(name)
     _tag_latest(image, digest)
     log(f"sandbox image ready: {name} ({image.id[:19]})")
@@ -151,11 +190,18 @@ def _adopt(client: docker.DockerClient, source: str, log: Callable[[str], None])
         try:
             image = client.images.pull(source)
         except docker.errors.DockerException as exc:
-            raise UserError(f"cannot get image {source!r}: {exc.__class__.__name__}; "
-                            "pull it where a registry is reachable and `docker load` it") from exc
+            raise UserError(
+                f"cannot get image {source!r}: {exc.__class__.__name__}; "
+                "pull it where a registry is reachable and `docker load` it"
+            ) from exc
     try:
-        output = client.containers.run(image.id, ["python3", "-c", "import sys; print(sys.version_info >= (3, 9))"],
-                                       network_mode="none", user=f"{SANDBOX_UID}:{SANDBOX_UID}", remove=True)
+        output = client.containers.run(
+            image.id,
+            ["python3", "-c", "import sys; print(sys.version_info >= (3, 9))"],
+            network_mode="none",
+            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            remove=True,
+        )
     except docker.errors.ContainerError as exc:
         raise UserError(f"image {source!r} has no usable python3: {exc}") from exc
     if output.strip() != b"True":

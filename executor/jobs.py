@@ -21,8 +21,11 @@ class Job(BaseModel):
     solution: str
     tests: list[str]
     imports: str = Field(default="", description="code run before the solution, e.g. 'from typing import *'")
-    setup: str = Field(default="", description="code run after the solution and before the tests (not a test "
-                       "itself), e.g. HumanEval's helper definitions and `candidate = entry_point`")
+    setup: str = Field(
+        default="",
+        description="code run after the solution and before the tests (not a test "
+        "itself), e.g. HumanEval's helper definitions and `candidate = entry_point`",
+    )
     timeout_s: float | None = Field(default=None, description="overrides the sandbox's default wall-clock limit")
 
 

@@ -19,6 +19,7 @@ verdict, nor read or write its memory.
 
 from __future__ import annotations
 
+import _signal  # the C functions: no enum conversions, so fewer pages touched in the child
 import ctypes
 import gc
 import json
@@ -28,7 +29,6 @@ import select
 import shutil
 import signal
 import socket
-import _signal  # the C functions: no enum conversions, so fewer pages touched in the child
 import sys
 import time
 
@@ -46,8 +46,27 @@ WORKDIR = "/tmp/job"
 MAX_PRECOMPILE_CHARS = 256 * 1024
 _TEST_CACHE: dict = {}  # test source -> compiled test; the ten solutions of a problem share their tests
 # Imported once by the runner so that forked jobs find them loaded (saves ~10-40 ms per job that uses them).
-PRELOAD = ("math", "random", "re", "itertools", "functools", "collections", "heapq", "bisect", "string", "typing",
-           "hashlib", "statistics", "fractions", "copy", "operator", "decimal", "datetime", "json", "array")
+PRELOAD = (
+    "math",
+    "random",
+    "re",
+    "itertools",
+    "functools",
+    "collections",
+    "heapq",
+    "bisect",
+    "string",
+    "typing",
+    "hashlib",
+    "statistics",
+    "fractions",
+    "copy",
+    "operator",
+    "decimal",
+    "datetime",
+    "json",
+    "array",
+)
 
 
 def _set_non_dumpable() -> None:
@@ -71,7 +90,7 @@ def _is_zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read()
-        return stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"Z"
+        return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"Z"
     except (OSError, ValueError):
         return True  # gone
 
@@ -132,7 +151,7 @@ def _remove(path: str) -> bool:
                     _make_tree_writable(path)
             else:
                 os.unlink(path)
-        except Exception:  # noqa: BLE001 - never let a job's leftovers take the runner down
+        except Exception:  # noqa: BLE001, S110 - never let a job's leftovers take the runner down
             pass
     return not os.path.lexists(path)
 
@@ -162,8 +181,9 @@ def _prepare(job: dict) -> tuple | None:
         return None
 
 
-def _child(job: dict, prepared: tuple | None, limits: dict, result_fd: int, out_fd: int, err_fd: int,
-           nonce: str) -> None:
+def _child(
+    job: dict, prepared: tuple | None, limits: dict, result_fd: int, out_fd: int, err_fd: int, nonce: str
+) -> None:
     """In the forked child: isolate, limit, run the harness, exit. Never returns.
 
     Kept lean on purpose: every object the child touches costs a copy-on-write page fault.
@@ -202,8 +222,9 @@ def _child(job: dict, prepared: tuple | None, limits: dict, result_fd: int, out_
     except BaseException:  # noqa: BLE001 - report through the exit status; never unwind into the runner
         try:
             import traceback
+
             traceback.print_exc()
-        except BaseException:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001, S110 - stderr may be gone; the exit status still tells
             pass
         status = 71
     finally:
@@ -402,7 +423,8 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
     stderr_text = stderr.text()
     if notes:
         stderr_text += ("\n" if stderr_text and not stderr_text.endswith("\n") else "") + "".join(
-            f"[sandbox] {note}\n" for note in notes)
+            f"[sandbox] {note}\n" for note in notes
+        )
     return {
         "outcome": outcome,
         "tests": test_results,
@@ -432,7 +454,9 @@ def main() -> None:
         reader, out_fd = channel.makefile("rb"), channel.fileno()
     else:  # exec transport: the exec's stdin/stdout
         reader, out_fd = sys.stdin.buffer, 1
-    _write_all(out_fd, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode())
+    _write_all(
+        out_fd, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode()
+    )
     while True:
         line = reader.readline()
         if not line:
@@ -441,8 +465,14 @@ def main() -> None:
             message = json.loads(line)
             reply = run_one(message["job"], message["limits"], protected)
         except Exception as exc:  # noqa: BLE001 - report the runner's own failure as a sandbox error
-            reply = {"outcome": "sandbox_error", "tests": [], "duration_ms": 0.0, "stdout": "",
-                     "stderr": f"[sandbox] runner failure: {type(exc).__name__}: {exc}\n", "anomaly": "runner failure"}
+            reply = {
+                "outcome": "sandbox_error",
+                "tests": [],
+                "duration_ms": 0.0,
+                "stdout": "",
+                "stderr": f"[sandbox] runner failure: {type(exc).__name__}: {exc}\n",
+                "anomaly": "runner failure",
+            }
         _write_all(out_fd, (json.dumps(reply) + "\n").encode())
 
 

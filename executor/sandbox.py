@@ -17,13 +17,13 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Self
 
 import docker
 
 from executor import image as sandbox_image
 from executor.config import CONTAINER_LABEL, SandboxConfig
-from executor.container import (OWNER_LABEL, RunnerGone, SandboxContainer, daemon_is_local, owner_is_alive,
-                                owner_label)
+from executor.container import OWNER_LABEL, RunnerGone, SandboxContainer, daemon_is_local, owner_is_alive, owner_label
 from executor.jobs import Job, Result, TestResult
 from selfinstruct.errors import UserError
 
@@ -57,7 +57,7 @@ def _destroy_all(containers: list[SandboxContainer]) -> None:
     def destroy(container: SandboxContainer) -> None:
         try:
             container.destroy()
-        except Exception:  # noqa: BLE001 - best effort, also at interpreter exit
+        except Exception:  # noqa: BLE001, S110 - best effort, also at interpreter exit
             pass
 
     doomed = list(containers)
@@ -90,7 +90,7 @@ class Sandbox:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -145,9 +145,13 @@ class Sandbox:
                 self.transport = "exec"
                 container = SandboxContainer(self._client, self.cfg, self.image_digest, self._owner, self.transport)
         except docker.errors.ImageNotFound as exc:
-            raise UserError(f"sandbox image {self.cfg.image_name!r} disappeared: run `selfinstruct sandbox build`") from exc
+            raise UserError(
+                f"sandbox image {self.cfg.image_name!r} disappeared: run `selfinstruct sandbox build`"
+            ) from exc
         except docker.errors.APIError as exc:
-            raise UserError(f"the Docker daemon refused to start a sandbox container: {exc.explanation or exc}") from exc
+            raise UserError(
+                f"the Docker daemon refused to start a sandbox container: {exc.explanation or exc}"
+            ) from exc
         with self._live_lock:
             self._live.append(container)
         return container
@@ -198,8 +202,14 @@ class Sandbox:
 
     def _limits(self) -> dict:
         cfg = self.cfg
-        return {"timeout_s": cfg.timeout_s, "memory_mb": cfg.memory_mb, "fsize_mb": cfg.tmpfs_mb,
-                "max_files": cfg.max_files, "output_limit": cfg.output_limit_bytes, "keep": cfg.output_keep_bytes}
+        return {
+            "timeout_s": cfg.timeout_s,
+            "memory_mb": cfg.memory_mb,
+            "fsize_mb": cfg.tmpfs_mb,
+            "max_files": cfg.max_files,
+            "output_limit": cfg.output_limit_bytes,
+            "keep": cfg.output_keep_bytes,
+        }
 
     def _run_one(self, job: Job) -> Result:
         if not job.tests:
@@ -216,7 +226,7 @@ class Sandbox:
                 if started or attempt == 2:
                     return result
             return result
-        except Exception as exc:  # noqa: BLE001 - every job gets a result, whatever broke
+        except Exception as exc:
             log.exception("sandbox failure on job %s", job.id)
             if container is not None:
                 self._retire(container)
@@ -231,8 +241,13 @@ class Sandbox:
     def _execute(self, container: SandboxContainer, job: Job) -> tuple[Result, bool, bool]:
         """Returns (result, container still healthy, job reached the runner)."""
         timeout_s = job.timeout_s or self.cfg.timeout_s
-        payload = {"solution": job.solution, "tests": job.tests, "imports": job.imports, "setup": job.setup,
-                   "timeout_s": timeout_s}
+        payload = {
+            "solution": job.solution,
+            "tests": job.tests,
+            "imports": job.imports,
+            "setup": job.setup,
+            "timeout_s": timeout_s,
+        }
         try:
             reply = container.run(payload, self._limits(), timeout_s)
         except RunnerGone as exc:
@@ -247,8 +262,14 @@ class Sandbox:
             tests = [TestResult(passed=False, error=f"not run ({outcome})") for _ in job.tests]
             return self._result(job, outcome, tests=tests, stderr=f"[sandbox] {why}\n"), False, True
         tests = [TestResult(**t) for t in reply.get("tests", [])]
-        result = self._result(job, reply["outcome"], tests=tests, duration_ms=reply.get("duration_ms", 0.0),
-                              stdout=reply.get("stdout", ""), stderr=reply.get("stderr", ""))
+        result = self._result(
+            job,
+            reply["outcome"],
+            tests=tests,
+            duration_ms=reply.get("duration_ms", 0.0),
+            stdout=reply.get("stdout", ""),
+            stderr=reply.get("stderr", ""),
+        )
         if reply.get("anomaly"):
             log.info("recycling container %s after job %s: %s", container.name, job.id, reply["anomaly"])
         return result, not reply.get("anomaly") and reply["outcome"] != "sandbox_error", True

@@ -14,8 +14,14 @@ pytestmark = [pytest.mark.docker]
 
 
 def _selfinstruct(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "selfinstruct.cli", "sandbox", *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "selfinstruct.cli", "sandbox", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _write_jobs(path: Path) -> None:
@@ -24,8 +30,15 @@ def _write_jobs(path: Path) -> None:
         {"id": "wrong", "solution": "def f():\n    return 2\n", "tests": ["assert f() == 1"]},
         {"id": "exits", "solution": "import sys\nsys.exit(0)\n", "tests": ["assert f() == 1"]},
     ]
-    lines = [json.dumps(good[0]).encode(), b"{not json", json.dumps({"id": "no-tests-field", "solution": ""}).encode(),
-             json.dumps(good[1]).encode(), b"\xff\xfe\xfd", b"", json.dumps(good[2]).encode()]
+    lines = [
+        json.dumps(good[0]).encode(),
+        b"{not json",
+        json.dumps({"id": "no-tests-field", "solution": ""}).encode(),
+        json.dumps(good[1]).encode(),
+        b"\xff\xfe\xfd",
+        b"",
+        json.dumps(good[2]).encode(),
+    ]
     path.write_bytes(b"\n".join(lines) + b"\n")
 
 
@@ -96,10 +109,18 @@ def test_clean_stale_removes_orphaned_containers_only(sandbox_image, docker_clie
     from executor.container import OWNER_LABEL
 
     # `clean` without --stale would also remove the pools other tests (and other people) are using.
-    orphan = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True, labels={
-        CONTAINER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:999999999:1"})
-    alive = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True, labels={
-        CONTAINER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:1:{_start_time(1)}"})
+    orphan = docker_client.containers.run(
+        sandbox_image,
+        ["sleep", "infinity"],
+        detach=True,
+        labels={CONTAINER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:999999999:1"},
+    )
+    alive = docker_client.containers.run(
+        sandbox_image,
+        ["sleep", "infinity"],
+        detach=True,
+        labels={CONTAINER_LABEL: "1", OWNER_LABEL: f"{socket.gethostname()}:1:{_start_time(1)}"},
+    )
     try:
         proc = _selfinstruct("clean", "--stale")
         assert proc.returncode == 0 and proc.stderr.startswith("removed ")
@@ -109,7 +130,7 @@ def test_clean_stale_removes_orphaned_containers_only(sandbox_image, docker_clie
         for container in (orphan, alive):
             try:
                 container.remove(force=True)
-            except Exception:  # noqa: BLE001 - already gone is the expected case for the orphan
+            except Exception:  # noqa: BLE001, S110 - already gone is the expected case for the orphan
                 pass
 
 
@@ -124,10 +145,17 @@ def test_resume_reruns_jobs_that_hit_a_sandbox_error(sandbox_image, tmp_path):
     jobs, results_path = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
     rows = [{"id": name, "solution": "def f():\n    return 1\n", "tests": ["assert f() == 1"]} for name in ("a", "b")]
     jobs.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    earlier = {"id": "a", "outcome": "passed", "tests": [{"passed": True, "error": None}], "duration_ms": 1.0,
-               "stdout": "", "stderr": ""}
-    results_path.write_text(json.dumps(earlier) + "\n" + json.dumps({**earlier, "id": "b", "outcome": "sandbox_error"})
-                            + "\n")
+    earlier = {
+        "id": "a",
+        "outcome": "passed",
+        "tests": [{"passed": True, "error": None}],
+        "duration_ms": 1.0,
+        "stdout": "",
+        "stderr": "",
+    }
+    results_path.write_text(
+        json.dumps(earlier) + "\n" + json.dumps({**earlier, "id": "b", "outcome": "sandbox_error"}) + "\n"
+    )
     proc = _selfinstruct("run", str(jobs), "-o", str(results_path), "--resume", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in results_path.read_text().splitlines()]

@@ -32,15 +32,33 @@ class ListThatAgrees(list):
         return True
 
 
-@pytest.mark.parametrize("value", [None, True, 3, 2.5, 1j, "s", b"b", range(3), (1, [2, {3: "x"}]),
-                                   {1, 2}, frozenset({1}), collections.OrderedDict(a=1),
-                                   collections.defaultdict(list, a=[1]), collections.deque([1])])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        3,
+        2.5,
+        1j,
+        "s",
+        b"b",
+        range(3),
+        (1, [2, {3: "x"}]),
+        {1, 2},
+        frozenset({1}),
+        collections.OrderedDict(a=1),
+        collections.defaultdict(list, a=[1]),
+        collections.deque([1]),
+    ],
+)
 def test_builtin_data_is_trusted(value):
     assert harness.is_trusted(value)
 
 
-@pytest.mark.parametrize("value", [AlwaysEqual(), ListThatAgrees([1]), [1, AlwaysEqual()], {"k": AlwaysEqual()},
-                                   collections.Counter("ab"), object()])
+@pytest.mark.parametrize(
+    "value",
+    [AlwaysEqual(), ListThatAgrees([1]), [1, AlwaysEqual()], {"k": AlwaysEqual()}, collections.Counter("ab"), object()],
+)
 def test_user_objects_anywhere_are_untrusted(value):
     assert not harness.is_trusted(value)
 
@@ -98,20 +116,29 @@ def _run(solution: str, tests: list[str], setup: str = "") -> list[dict]:
 
 
 def test_tests_share_top_level_names_and_see_the_solution():
-    records = _run("def f(x):\n    return x * 2\n",
-                   ["import math", "values = [f(i) for i in range(3)]", "for v in values:\n    last = v",
-                    "assert last == 4 and math.floor(2.5) == 2", "assert all(f(v) == 2 * v for v in values)"])
+    records = _run(
+        "def f(x):\n    return x * 2\n",
+        [
+            "import math",
+            "values = [f(i) for i in range(3)]",
+            "for v in values:\n    last = v",
+            "assert last == 4 and math.floor(2.5) == 2",
+            "assert all(f(v) == 2 * v for v in values)",
+        ],
+    )
     assert [r.get("ok") for r in records[:-1]] == [True] * 5
     assert records[-1] == {"done": 5, "load": None, "mem": False}
 
 
 def test_rebinding_the_helpers_from_the_solution_has_no_effect():
-    solution = ("import builtins\n"
-                "def f():\n"
-                "    globals()['__si_cmp__'] = lambda *a: True\n"
-                "    globals()['__si_truth__'] = lambda v: True\n"
-                "    builtins.__si_cmp__ = lambda *a: True\n"
-                "    return 0\n")
+    solution = (
+        "import builtins\n"
+        "def f():\n"
+        "    globals()['__si_cmp__'] = lambda *a: True\n"
+        "    globals()['__si_truth__'] = lambda v: True\n"
+        "    builtins.__si_cmp__ = lambda *a: True\n"
+        "    return 0\n"
+    )
     records = _run(solution, ["assert f() == 1 and f() == 1"])
     assert records[0]["ok"] is False
 

@@ -22,56 +22,78 @@ ANSWER_TESTS = ["assert answer() == 42", "assert answer() != 41"]
 
 # name -> (solution, acceptable outcomes)
 HOSTILE: dict[str, tuple[str, set[str]]] = {
-    "fork_bomb": ("""
+    "fork_bomb": (
+        """
         import os
         while True:
             try:
                 os.fork()
             except OSError:
                 pass
-        """, {"timeout", "error", "memory"}),
+        """,
+        {"timeout", "error", "memory"},
+    ),
     "memory_bomb_at_once": ("blob = bytearray(1 << 36)", {"memory"}),
-    "memory_bomb_growing": ("""
+    "memory_bomb_growing": (
+        """
         chunks = []
         while True:
             chunks.append(bytearray(16 << 20))
-        """, {"memory"}),
+        """,
+        {"memory"},
+    ),
     "cpu_spin": ("while True:\n    pass", {"timeout"}),
     "sleep_forever": ("import time\ntime.sleep(10 ** 6)", {"timeout"}),
-    "ignore_sigalrm_sigterm": ("""
+    "ignore_sigalrm_sigterm": (
+        """
         import signal
         for sig in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGXCPU):
             signal.signal(sig, signal.SIG_IGN)
         signal.alarm(1)
         while True:
             pass
-        """, {"timeout"}),
+        """,
+        {"timeout"},
+    ),
     "output_flood": ("while True:\n    print('x' * 4096)", {"output_limit"}),
     "stderr_flood_binary": ("import os\nwhile True:\n    os.write(2, bytes(range(256)) * 64)", {"output_limit"}),
-    "disk_fill_tmp": ("""
+    "disk_fill_tmp": (
+        """
         with open('/tmp/fill', 'wb') as handle:
             while True:
                 handle.write(b'0' * (1 << 20))
-        """, {"error"}),
-    "disk_fill_shm": ("""
+        """,
+        {"error"},
+    ),
+    "disk_fill_shm": (
+        """
         with open('/dev/shm/fill', 'wb') as handle:
             while True:
                 handle.write(b'0' * (1 << 20))
-        """, {"error"}),
+        """,
+        {"error"},
+    ),
     "write_root_filesystem": ("open('/usr/lib/evil.py', 'w').write('pwned')", {"error"}),
     "write_etc": ("open('/etc/passwd', 'a').write('evil::0:0::/:/bin/sh')", {"error"}),
-    "network_connect": ("""
+    "network_connect": (
+        """
         import socket
         socket.create_connection(('1.1.1.1', 80), timeout=1)
-        """, {"error"}),
+        """,
+        {"error"},
+    ),
     "dns_lookup": ("import socket\nsocket.getaddrinfo('example.com', 80)", {"error"}),
-    "docker_socket": ("""
+    "docker_socket": (
+        """
         import socket
         client = socket.socket(socket.AF_UNIX)
         client.connect('/var/run/docker.sock')
-        """, {"error"}),
+        """,
+        {"error"},
+    ),
     "read_host_secrets": ("open('/etc/shadow').read()", {"error"}),
-    "setsid_orphan": ("""
+    "setsid_orphan": (
+        """
         import os, time
         if os.fork() == 0:
             os.setsid()
@@ -81,8 +103,11 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
             os._exit(0)
         def answer():
             return 41
-        """, {"failed"}),
-    "threads_outlive_the_test": ("""
+        """,
+        {"failed"},
+    ),
+    "threads_outlive_the_test": (
+        """
         import os, threading, time
         def forge():
             while True:
@@ -97,22 +122,30 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         def answer():
             time.sleep(0.05)
             return 41
-        """, {"failed", "error"}),
+        """,
+        {"failed", "error"},
+    ),
     "blocking_stdin_read": ("import sys\nanswer_text = sys.stdin.read()\nanswer_line = input()", {"error"}),
-    "deep_recursion": ("""
+    "deep_recursion": (
+        """
         import sys
         sys.setrecursionlimit(10 ** 8)
         def down(n):
             return down(n + 1) + 1
         down(0)
-        """, {"error", "memory", "timeout"}),
+        """,
+        {"error", "memory", "timeout"},
+    ),
     "segfault_ctypes": ("import ctypes\nctypes.string_at(0)", {"error"}),
     "kill_everything": ("import os, signal\nos.kill(-1, signal.SIGKILL)", {"error"}),
     "kill_the_runner": ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", {"error"}),
-    "stop_the_runner": ("import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nimport time\ntime.sleep(60)",
-                        {"timeout"}),
+    "stop_the_runner": (
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nimport time\ntime.sleep(60)",
+        {"timeout"},
+    ),
     "signal_init": ("import os, signal\nos.kill(1, signal.SIGTERM)\nos.kill(1, signal.SIGKILL)", {"failed", "error"}),
-    "forge_through_proc": ("""
+    "forge_through_proc": (
+        """
         import json, os
         verdict = json.dumps({"outcome": "passed", "tests": [{"passed": True, "error": None}] * 2,
                               "duration_ms": 1.0, "stdout": "", "stderr": ""}) + "\\n"
@@ -126,8 +159,11 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
                 except OSError:
                     pass
         os._exit(0)
-        """, {"error"}),
-    "forge_result_channel": ("""
+        """,
+        {"error"},
+    ),
+    "forge_result_channel": (
+        """
         import os
         for fd in range(3, 16):
             for index in range(2):
@@ -140,8 +176,11 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
             except OSError:
                 pass
         os._exit(0)
-        """, {"error"}),
-    "connect_to_the_runner_channel": ("""
+        """,
+        {"error"},
+    ),
+    "connect_to_the_runner_channel": (
+        """
         import os, socket
         for path in ('/run/selfinstruct/runner.sock', '/run/selfinstruct/evil.sock'):
             client = socket.socket(socket.AF_UNIX)
@@ -155,14 +194,17 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
             except OSError:
                 pass
         os._exit(0)
-        """, {"error"}),
+        """,
+        {"error"},
+    ),
     "close_all_descriptors": ("import os\nos.closerange(0, 1024)\ndef answer():\n    return 42", {"error"}),
     "sys_exit_zero": ("import sys\nsys.exit(0)", {"error"}),
     "os_exit_zero": ("import os\nos._exit(0)", {"error"}),
     "quit_builtin": ("quit()", {"error"}),
     "raise_system_exit": ("raise SystemExit(0)", {"error"}),
     "exit_inside_the_call": ("import sys\ndef answer():\n    sys.exit(0)", {"failed"}),
-    "always_equal_object": ("""
+    "always_equal_object": (
+        """
         class Anything:
             def __eq__(self, other):
                 return True
@@ -171,8 +213,11 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
             __hash__ = object.__hash__
         def answer():
             return Anything()
-        """, {"failed"}),
-    "always_equal_int_subclass": ("""
+        """,
+        {"failed"},
+    ),
+    "always_equal_int_subclass": (
+        """
         class Int(int):
             def __eq__(self, other):
                 return True
@@ -181,16 +226,22 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
             __hash__ = int.__hash__
         def answer():
             return Int(7)
-        """, {"failed"}),
-    "patch_the_helpers": ("""
+        """,
+        {"failed"},
+    ),
+    "patch_the_helpers": (
+        """
         import builtins
         builtins.__si_cmp__ = builtins.__si_truth__ = lambda *args: True
         globals()['__si_cmp__'] = globals()['__si_truth__'] = lambda *args: True
         builtins.AssertionError = type('Quiet', (Exception,), {})
         def answer():
             return 41
-        """, {"failed"}),
-    "unremovable_scratch": ("""
+        """,
+        {"failed"},
+    ),
+    "unremovable_scratch": (
+        """
         import os
         os.makedirs('/tmp/locked/inner', exist_ok=True)
         open('/tmp/locked/inner/f', 'w').write('x')
@@ -198,7 +249,9 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         os.chmod('/tmp/locked', 0)
         def answer():
             return 41
-        """, {"failed"}),
+        """,
+        {"failed"},
+    ),
 }
 
 ORDINARY = Job(
@@ -226,8 +279,15 @@ ORDINARY = Job(
 
 @pytest.fixture(scope="module")
 def hostile_sandbox(sandbox_image, docker_client):
-    cfg = SandboxConfig(workers=2, timeout_s=TIMEOUT_S, memory_mb=256, tmpfs_mb=16, pids_limit=48,
-                        output_limit_bytes=256 * 1024, host_grace_s=2.0)
+    cfg = SandboxConfig(
+        workers=2,
+        timeout_s=TIMEOUT_S,
+        memory_mb=256,
+        tmpfs_mb=16,
+        pids_limit=48,
+        output_limit_bytes=256 * 1024,
+        host_grace_s=2.0,
+    )
     with Sandbox(cfg, client=docker_client) as pool:
         yield pool
 
@@ -254,8 +314,10 @@ def test_the_suite_covers_the_issue_list():
 def test_host_unaffected_and_only_the_pool_remains(hostile_sandbox, docker_client):
     docker_client.ping()
     owner = hostile_sandbox._owner
-    running = [docker_client.containers.get(c["Id"])
-               for c in docker_client.api.containers(filters={"label": f"selfinstruct.sandbox.owner={owner}"})]
+    running = [
+        docker_client.containers.get(c["Id"])
+        for c in docker_client.api.containers(filters={"label": f"selfinstruct.sandbox.owner={owner}"})
+    ]
     assert len(running) <= 2 * 2  # both pools (shared fixture and this one), nothing leaked
     for container in running:
         attrs = container.attrs["HostConfig"]

