@@ -257,6 +257,7 @@ class SandboxContainer:
     def run(self, job: dict, limits: dict, timeout_s: float) -> dict:
         """Send one job, wait for its verdict (host deadline: timeout + grace). Raises RunnerGone."""
         message = (json.dumps({"job": job, "limits": limits}) + "\n").encode()
+        self._drain_exec_stream()
         try:
             self._sock.settimeout(START_TIMEOUT_S)
             self._sock.sendall(message)
@@ -278,15 +279,21 @@ class SandboxContainer:
             in_container = False
         return uid == SANDBOX_UID and in_container
 
+    def _drain_exec_stream(self) -> None:
+        """Socket transport: read whatever the runner wrote to its stderr (the exec stream) without waiting,
+        so diagnostics are kept (their tail) and the stream never fills up and blocks the runner."""
+        if self._exec_sock is None or self._exec_sock is self._sock:
+            return
+        try:
+            self._exec_sock.setblocking(False)
+            while data := self._exec_sock.recv(1 << 16):
+                self._exec_frames.feed(data)
+        except OSError:
+            pass
+
     def _diagnostics(self) -> str:
         """The tail of the runner's stderr, when it left one (exec transport: it is in the same stream)."""
-        if self._exec_sock is not None and self._exec_sock is not self._sock:
-            try:  # socket transport: the runner's stderr is on the exec stream; take what is there
-                self._exec_sock.setblocking(False)
-                while data := self._exec_sock.recv(1 << 16):
-                    self._exec_frames.feed(data)
-            except OSError:
-                pass
+        self._drain_exec_stream()
         tail = self._exec_frames.stderr.decode("utf-8", "replace").strip()[-400:]
         return f": {tail}" if tail else ""
 
