@@ -3,7 +3,8 @@
 Work is cut into chunks, each actor holds at most `inflight_per_actor` chunks (one running, the next
 queued so it never idles between calls), and results come back in input order. When an actor dies
 (its process was killed, its node went away) the chunks it held are put back at the front of the
-queue and the actor is replaced by a fresh one: a lost actor costs only its in-flight work. A chunk
+queue and the actor is replaced by a fresh one, which takes work once it is ready: a lost actor costs
+only its in-flight work. A chunk
 that has killed `max_chunk_retries` actors in a row is not tried again (a poison batch must not take
 the whole cluster down one actor at a time). With `task_timeout_s`, an actor whose chunk runs past its
 deadline (a hung engine, a wedged Docker daemon) is killed and handled the same way.
@@ -44,6 +45,8 @@ class ActorLostError(RuntimeError):
 class _Slot:
     handle: ActorHandle
     inflight: int = 0
+    starting: ray.ObjectRef | None = None  # a replacement's ready() call, until it answers
+    start_deadline: float = 0.0
 
 
 @dataclass
@@ -120,11 +123,19 @@ class ActorPool(Generic[T, R]):
         try:
             while queue or inflight:
                 self._dispatch(queue, chunks, inflight)
-                done, _ = ray.wait(list(inflight), num_returns=1, timeout=self._wait_timeout(inflight))
+                starting = {s.starting: s for s in self._slots if s.starting is not None}
+                waitables = [*inflight, *starting]
+                if not waitables:
+                    raise RuntimeError(f"{self.what}: work is queued but no actor is running or starting")
+                done, _ = ray.wait(waitables, num_returns=1, timeout=self._wait_timeout(inflight))
                 if not done:
+                    self._check_starts()
                     self._kill_overdue(inflight)  # their chunks come back below as lost with the actor
                     continue
                 for ref in done:
+                    if ref in starting:
+                        self._started(starting[ref])
+                        continue
                     slot, handle, index, _ = inflight.pop(ref)
                     slot.inflight -= 1
                     try:
@@ -218,7 +229,7 @@ class ActorPool(Generic[T, R]):
             for slot in self._slots:
                 if not queue:
                     return
-                if slot.inflight < self.inflight_per_actor:
+                if slot.starting is None and slot.inflight < self.inflight_per_actor:
                     index = queue.popleft()
                     ref = getattr(slot.handle, self._method).remote(chunks[index])
                     slot.inflight += 1
@@ -227,12 +238,32 @@ class ActorPool(Generic[T, R]):
                     inflight[ref] = (slot, slot.handle, index, deadline)
 
     def _wait_timeout(self, inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int, float]]) -> float | None:
-        """Seconds until the next deadline of a chunk whose actor has not been killed already."""
+        """Seconds until the next deadline: a chunk's (of an actor not killed already), a replacement's start."""
         self._killed &= {id(handle) for _, handle, _, _ in inflight.values()}  # forget handles now gone
-        deadlines = [d for _, handle, _, d in inflight.values() if id(handle) not in self._killed]
-        if self.task_timeout_s is None or not deadlines:
+        deadlines = [s.start_deadline for s in self._slots if s.starting is not None]
+        if self.task_timeout_s is not None:
+            deadlines += [d for _, handle, _, d in inflight.values() if id(handle) not in self._killed]
+        if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())
+
+    def _started(self, slot: _Slot) -> None:
+        """A replacement answered ready(): it takes work from now on (its start is not a chunk's time)."""
+        ref, slot.starting = slot.starting, None
+        try:
+            ray.get(ref)
+        except RayTaskError as exc:
+            raise _unwrap(exc) from None  # its constructor failed: the configuration, not bad luck
+        except RayActorError as exc:
+            raise ActorLostError(f"{self.what}: a replacement actor died while starting ({_one_line(exc)})") from None
+
+    def _check_starts(self) -> None:
+        now = time.monotonic()
+        if any(s.starting is not None and s.start_deadline <= now for s in self._slots):
+            raise UserError(
+                f"{self.what}: a replacement actor was not placed within {self.ready_timeout_s:g} s; "
+                f"the cluster has {_resources()}"
+            )
 
     def _kill_overdue(self, inflight: dict[ray.ObjectRef, tuple[_Slot, ActorHandle, int, float]]) -> None:
         """End the actors of chunks past their deadline (a hung engine or daemon): they are replaced."""
@@ -257,6 +288,8 @@ class ActorPool(Generic[T, R]):
         except Exception:  # noqa: BLE001 - it may be gone already
             pass
         slot.handle = self._start()
+        slot.starting = slot.handle.ready.remote()
+        slot.start_deadline = time.monotonic() + self.ready_timeout_s
         self.stats.actors_replaced += 1
         self.stats.replaced_reasons.append(_one_line(exc))
 
