@@ -209,3 +209,20 @@ def test_an_actor_past_its_task_timeout_is_replaced(local_ray, server):
     assert _texts(results) == [[deterministic_text(r.prompt, j, r.seed, 5) for j in range(2)] for r in requests]
     assert stats.timeouts == 1 and stats.actors_replaced == 1
     assert elapsed < 15
+
+
+def test_a_replacement_that_cannot_start_reports_why(local_ray, tiny_checkpoint, tmp_path):
+    import shutil
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    pool = LLMPool(TorchBackendConfig(checkpoint=str(checkpoint)))
+    try:
+        pid = local_ray.get(pool.actors[0].ready.remote())
+        shutil.rmtree(checkpoint)  # the node lost its model files, then the actor died
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(UserError, match="checkpoint not found"):
+            pool.generate([GenerationRequest(prompt="[INST] x [/INST]", max_tokens=2)])
+        assert pool.stats.actors_replaced == 1
+    finally:
+        pool.close()
