@@ -341,9 +341,12 @@ os._exit(0)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="known limit (docs/executor.md): code in the harness's process can find "
-                   "its result channel in memory and forge the verdict; fixing it needs the tests' expected values "
-                   "kept out of the solution's process")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (docs/executor.md): code in the harness's process can find "
+    "its result channel in memory and forge the verdict; fixing it needs the tests' expected values "
+    "kept out of the solution's process",
+)
 def test_deliberate_in_process_forgery_is_a_known_limit(hostile_sandbox):
     (result,) = hostile_sandbox.run([Job(id="forger", solution=IN_PROCESS_FORGER, tests=ANSWER_TESTS)])
     assert result.outcome != "passed"

@@ -50,7 +50,8 @@ def test_per_job_timeout_override_and_streaming_results(sandbox):
     started = time.monotonic()
     results = {r.id: r for r in sandbox.iter_results([slow, fast])}
     assert results["slow"].outcome == "timeout" and results["fast"].outcome == "passed"
-    assert time.monotonic() - started < 4
+    assert results["slow"].duration_ms < 2000  # its own 0.5 s limit, not the sandbox's 5 s
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.timeout(60)
