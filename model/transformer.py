@@ -178,9 +178,10 @@ class Transformer(nn.Module):
         On CPU, `F.linear` with a column-major weight runs as x @ W^T over contiguous memory, the layout
         MKL's matrix-vector kernel streams fastest: batch-1 decode of a 58M model goes 2-3x faster per
         matmul (bench/model.py). Idempotent; `generate` applies it to CPU models. Saving is unaffected
-        (checkpoint writers make tensors contiguous).
+        (checkpoint writers make tensors contiguous). Never creates inference tensors, so the model can still
+        be trained after generating.
         """
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             for module in self.modules():
                 if isinstance(module, nn.Linear) and module.weight.is_contiguous():
                     module.weight.data = module.weight.data.t().contiguous().t()

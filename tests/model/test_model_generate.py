@@ -108,3 +108,20 @@ def test_bad_requests_are_user_errors(loaded) -> None:
         generate(model, tok, [[1, 99999]])
     with pytest.raises(UserError, match="empty"):
         generate(model, tok, [[]])
+
+
+def test_model_still_trains_after_generating(tiny_dir: Path) -> None:
+    model, tok = load(tiny_dir), load_tokenizer(tiny_dir)
+    generate(model, tok, ["def"], max_new_tokens=2)  # switches CPU weights to column-major
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.tensor([tok.encode("def add(a, b): return a + b", bos=True)])
+    losses = []
+    for _ in range(3):
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
