@@ -50,9 +50,9 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Path:
     evals = [(r["step"], r["eval_loss"]) for r in rows if r["kind"] == "eval"]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     if train:
-        ax.plot(*zip(*train), label="train loss (answer tokens)")
+        ax.plot(*zip(*train), label="train loss (per trained token: answers + rehearsal)")
     if evals:
-        ax.plot(*zip(*evals), "o-", label="validation loss")
+        ax.plot(*zip(*evals), "o-", label="validation loss (answers)")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel
 from torch import nn
@@ -29,10 +28,11 @@ from finetune.config import FinetuneConfig
 from finetune.data import read_exports, split_validation, tokenize_examples
 from finetune.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from finetune.loader import DataPosition, StepData, TrainingStream, eval_batches
+from finetune.loss import sequence_loss_sum
 from finetune.metrics import MetricsLog, plot_loss_curve
 from finetune.model_setup import build_model, check_tokenizer, load_starting_point
 from finetune.optim import build_optimizer
-from finetune.packing import IGNORE_INDEX, Batch
+from finetune.packing import Batch
 from finetune.rehearsal import RehearsalMixer
 from finetune.schedule import apply_lr, lr_at
 from model.tokenizer import Tokenizer
@@ -62,14 +62,6 @@ class TrainSummary(BaseModel):
     meta_dir: str | None = None
     checkpoint: str | None = None
     stopped_early: bool = False
-
-
-def sequence_loss_sum(model: nn.Module, batch: Batch, autocast: contextlib.AbstractContextManager) -> torch.Tensor:
-    """Summed cross-entropy over the batch's trained targets (fp32 logits for a stable softmax)."""
-    with autocast:
-        logits = model(batch.tokens, positions=batch.positions, doc_ids=batch.doc_ids)
-    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX,
-                           reduction="sum")
 
 
 def _autocast(config: FinetuneConfig, device: torch.device) -> contextlib.AbstractContextManager:

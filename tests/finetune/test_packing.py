@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from finetune.data import TokenizedDoc, read_export, tokenize_examples
 from finetune.packing import IGNORE_INDEX, bucket_rows, collate, doc_targets, pack_rows
-from finetune.train import sequence_loss_sum
+from finetune.loss import sequence_loss_sum
 from tests.finetune.conftest import instruct_rows, write_jsonl
 
 
@@ -88,3 +88,24 @@ def test_padding_never_uses_negative_ids(docs):
     batch = collate(docs, [[0], [1, 2]], 256)
     assert int(batch.tokens.min()) >= 0
     assert batch.n_tokens == sum(len(d) for d in docs[:3])
+
+
+def test_head_on_trained_positions_only_gives_the_full_loss_and_gradient(docs, tiny_checkpoint):
+    from model.checkpoint import load
+
+    batch = collate(docs, pack_rows([len(d) for d in docs], 256), 256)
+    losses, grads = [], []
+    for restricted in (True, False):
+        model = load(tiny_checkpoint).train()
+        if restricted:
+            loss = sequence_loss_sum(model, batch, contextlib.nullcontext())
+            assert not model.output._forward_pre_hooks  # the hook is gone after the loss
+        else:
+            logits = model(batch.tokens, positions=batch.positions, doc_ids=batch.doc_ids)
+            loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
