@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,6 +132,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_cluster(tmp_path, docker_client):
     finally:
         # `ray stop` would end every Ray on this machine; end only this cluster's processes
         _stop_cluster([str(temp_dir), f":{gcs_port}", f"--port={dashboard_port}"])
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _stop_cluster(marks: list[str]) -> None:
