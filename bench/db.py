@@ -9,7 +9,10 @@ A whole synthetic run goes through the real stage queries, batch by batch as the
 --batch/50 calls per transaction), 5 tests per
 problem, n=10 solutions (each with its LLM-call row), one execution per solution, selection, then a
 JSONL export. The baseline inserts a sample of the same rows with one `session.add` + `commit` per row
-(the naive ORM way); ratios are rows/s of the batched path over rows/s of the baseline, per table.
+(the naive ORM way) on the same tuned engine (WAL, synchronous=NORMAL), and on SQLite also on an
+engine as `sa.create_engine` leaves it (an fsync per commit); ratios are rows/s of the batched path
+over rows/s of the baseline, per table. Wall-clock and CPU-time ratios are both reported: the
+machine this runs on is shared.
 Prints ONE JSON line.
 """
 
@@ -275,6 +278,17 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) -> d
     base = per_row_baseline(engine, args.per_row)
     engine.dispose()
     tables = ("problems", "solutions", "executions")
+    plain_base = None
+    if name == "sqlite":
+        # the same per-row loop on SQLite as sa.create_engine leaves it (rollback journal, synchronous
+        # FULL: an fsync per commit), i.e. what "plain SQLAlchemy" does without db.engine's tuning
+        plain_path = tmp / "plain.db"
+        tuned = make_engine(f"sqlite:///{plain_path}")
+        init_db(tuned)
+        tuned.dispose()
+        plain = sa.create_engine(f"sqlite:///{plain_path}")
+        plain_base = per_row_baseline(plain, max(1, args.per_row // 4))
+        plain.dispose()
     # the inserts: rows/s inside record_* (solutions: each with its LLM-call row, so 2 rows written)
     insert_rates = {k: bulk[k] / record_s[k] for k in tables}
     # the same in CPU seconds of this process: on a shared machine, less disturbed by other load
@@ -293,6 +307,11 @@ def bench_backend(name: str, url: str, args: argparse.Namespace, tmp: Path) -> d
         "speedup_insert_cpu": {k: round(insert_cpu_rates[k] / base[f"{k}_rows_cpu_s"], 1) for k in tables},
         "speedup_stage": {k: round(stage_rates[k] / base[f"{k}_rows_s"], 1) for k in tables},
     }
+    if plain_base is not None:
+        res["per_row_orm_default_sqlite_rows_s"] = {k: round(plain_base[f"{k}_rows_s"]) for k in tables}
+        res["speedup_insert_vs_default_sqlite"] = {
+            k: round(insert_rates[k] / plain_base[f"{k}_rows_s"], 1) for k in tables
+        }
     if not args.no_export:
         res["export"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in export_bench(url, tmp).items()}
     return res
