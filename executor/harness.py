@@ -35,6 +35,13 @@ import os
 import reprlib
 import sys
 
+# The harness's own builtins: a snapshot taken before any solution runs. Functions capture their module's
+# builtins when they are defined, so a solution that patches the `builtins` module (`exec`, `isinstance`,
+# `len`, ...) cannot change what the harness's code does. The solution and the tests keep the real module.
+__builtins__ = dict(vars(builtins))  # noqa: A001
+_os_write = os.write  # bound now: a solution that replaces os.write must not see (or swallow) the records
+_json_dumps = json.dumps
+
 TEST_FUNCTION = "__si_test__"
 COMPARE_HELPER = "__si_cmp__"  # dunder-terminated names are not mangled inside class bodies
 TRUTH_HELPER = "__si_truth__"
@@ -372,12 +379,12 @@ class ResultChannel:
 
     def send(self, record: dict) -> None:
         record["k"] = self._nonce
-        data = (json.dumps(record, ensure_ascii=True) + "\n").encode()
-        os.write(self._fd, data)
+        data = (_json_dumps(record, ensure_ascii=True) + "\n").encode()
+        _os_write(self._fd, data)
 
     def passed(self, index: int) -> None:
         """The common record, formatted without the json module (fewer copy-on-write pages touched)."""
-        os.write(self._fd, b'{"i": %d, "ok": true, "e": null, "k": "%s"}\n' % (index, self._nonce.encode()))
+        _os_write(self._fd, b'{"i": %d, "ok": true, "e": null, "k": "%s"}\n' % (index, self._nonce.encode()))
 
 
 PHASES = ("imports", "solution", "setup")
@@ -452,6 +459,9 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
                 continue
             code, wrapped = entry
             _last_mismatch.clear()
+            # Each test sees pristine builtins: whatever the solution patched (`builtins.abs = ...`) is not what
+            # `abs(f(x) - y) < 1e-9` calls. The solution's own functions keep the builtins they were defined with.
+            namespace["__builtins__"] = dict(__builtins__)
             try:
                 exec(code, namespace)  # noqa: S102
                 if wrapped:

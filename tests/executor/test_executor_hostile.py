@@ -18,7 +18,12 @@ from executor.sandbox import Sandbox
 pytestmark = [pytest.mark.docker]
 
 TIMEOUT_S = 2.0
-ANSWER_TESTS = ["assert answer() == 42", "assert answer() != 41"]
+ANSWER_TESTS = [
+    "assert answer() == 42",
+    "assert answer() != 41",
+    "assert abs(answer() - 42) < 1e-9",
+    "assert len([answer()]) == 1 and sorted([answer()]) == [42]",
+]
 
 # name -> (solution, acceptable outcomes)
 HOSTILE: dict[str, tuple[str, set[str]]] = {
@@ -240,6 +245,30 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         """,
         {"failed"},
     ),
+    "patch_builtins_exec": ("""
+        import builtins
+        def fake_exec(code, namespace=None, *args):
+            if namespace is not None:
+                namespace['__si_test__'] = lambda *helpers: None
+        builtins.exec = fake_exec
+        def answer():
+            return 41
+        """, {"failed"}),
+    "patch_builtins_the_tests_call": ("""
+        import builtins
+        builtins.abs = lambda value: 0
+        builtins.len = lambda value: 42
+        builtins.sorted = lambda value, **kwargs: 42
+        def answer():
+            return 41
+        """, {"failed"}),
+    "replace_os_write_and_exit": ("""
+        import os
+        os.write = lambda fd, data: len(data)
+        os._exit = lambda status: None
+        def answer():
+            return 41
+        """, {"failed"}),
     "unremovable_scratch": (
         """
         import os
@@ -300,7 +329,7 @@ def test_hostile_program_is_contained_and_never_passes(hostile_sandbox, name):
     hostile, after_1, after_2 = hostile_sandbox.run([job, ORDINARY, ORDINARY.model_copy(update={"id": "again"})])
     assert hostile.outcome != "passed"
     assert hostile.outcome in expected, (hostile.outcome, hostile.stderr[-500:], hostile.tests)
-    assert not any(t.passed for t in hostile.tests[:1])
+    assert not any(t.passed for t in hostile.tests), hostile.tests
     assert hostile.duration_ms < (TIMEOUT_S + 3) * 1000
     for after in (after_1, after_2):
         assert after.outcome == "passed", (after.stderr[-500:], after.tests)
@@ -333,9 +362,9 @@ def test_host_unaffected_and_only_the_pool_remains(hostile_sandbox, docker_clien
 IN_PROCESS_FORGER = """
 import gc, os
 channel = next(o for o in gc.get_objects() if type(o).__name__ == 'ResultChannel')
-for index in range(2):
+for index in range(4):
     channel.passed(index)
-channel.send({'done': 2, 'load': None, 'mem': False})
+channel.send({'done': 4, 'load': None, 'mem': False})
 os._exit(0)
 """
 
