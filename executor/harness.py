@@ -37,8 +37,9 @@ import sys
 
 # The harness's own builtins: a snapshot taken before any solution runs. Functions capture their module's
 # builtins when they are defined, so a solution that patches the `builtins` module (`exec`, `isinstance`,
-# `len`, ...) cannot change what the harness's code does. The solution and the tests keep the real module.
-__builtins__ = dict(vars(builtins))  # noqa: A001
+# `len`, ...) cannot change what the harness's code does. The solution keeps the real module; each test
+# gets a fresh copy of this snapshot (see run_job).
+__builtins__ = dict(vars(builtins))
 _os_write = os.write  # bound now: a solution that replaces os.write must not see (or swallow) the records
 _json_dumps = json.dumps
 

@@ -245,7 +245,8 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         """,
         {"failed"},
     ),
-    "patch_builtins_exec": ("""
+    "patch_builtins_exec": (
+        """
         import builtins
         def fake_exec(code, namespace=None, *args):
             if namespace is not None:
@@ -253,22 +254,30 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         builtins.exec = fake_exec
         def answer():
             return 41
-        """, {"failed"}),
-    "patch_builtins_the_tests_call": ("""
+        """,
+        {"failed"},
+    ),
+    "patch_builtins_the_tests_call": (
+        """
         import builtins
         builtins.abs = lambda value: 0
         builtins.len = lambda value: 42
         builtins.sorted = lambda value, **kwargs: 42
         def answer():
             return 41
-        """, {"failed"}),
-    "replace_os_write_and_exit": ("""
+        """,
+        {"failed"},
+    ),
+    "replace_os_write_and_exit": (
+        """
         import os
         os.write = lambda fd, data: len(data)
         os._exit = lambda status: None
         def answer():
             return 41
-        """, {"failed"}),
+        """,
+        {"failed"},
+    ),
     "unremovable_scratch": (
         """
         import os
