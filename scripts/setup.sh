@@ -56,7 +56,7 @@ if [ "$WITH_DOCKER" = 1 ]; then
     docker info >/dev/null 2>&1 || { echo "setup.sh: dockerd did not start; see /var/log/selfinstruct-dockerd.log" >&2; exit 1; }
   fi
   log "sandbox image"
-  .venv/bin/selfinstruct sandbox build
+  $SUDO .venv/bin/selfinstruct sandbox build   # debootstrap needs root; quick no-op when the image exists
 fi
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
