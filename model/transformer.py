@@ -172,20 +172,30 @@ class Transformer(nn.Module):
                     param.normal_(0.0, scale, generator=generator)
         return self
 
-    def use_column_major_weights(self) -> Transformer:
-        """Store every Linear weight column-major, in place: same values, shapes and names, transposed strides.
+    def use_column_major_weights(self, enabled: bool = True) -> Transformer:
+        """Store every Linear weight column-major (or back to row-major), in place: same values, shapes, names.
 
         On CPU, `F.linear` with a column-major weight runs as x @ W^T over contiguous memory, the layout
-        MKL's matrix-vector kernel streams fastest: batch-1 decode of a 58M model goes 2-3x faster per
-        matmul (bench/model.py). Idempotent; `generate` applies it to CPU models. Saving is unaffected
-        (checkpoint writers make tensors contiguous). Never creates inference tensors, so the model can still
-        be trained after generating.
+        MKL's matrix-vector kernel streams fastest (2-3x per batch-1 matmul in bench/model.py's setting).
+        `generate` switches CPU models to it; `train()` switches back to the row-major layout that
+        training kernels and distributed wrappers expect. Saving is unaffected (writers make tensors
+        contiguous). Never creates inference tensors, so a model still trains after generating.
         """
         with torch.inference_mode(False), torch.no_grad():
             for module in self.modules():
-                if isinstance(module, nn.Linear) and module.weight.is_contiguous():
-                    module.weight.data = module.weight.data.t().contiguous().t()
+                if not isinstance(module, nn.Linear):
+                    continue
+                weight = module.weight.data
+                if enabled and weight.is_contiguous():
+                    module.weight.data = weight.t().contiguous().t()
+                elif not enabled and not weight.is_contiguous():
+                    module.weight.data = weight.contiguous()
         return self
+
+    def train(self, mode: bool = True) -> Transformer:
+        if mode:
+            self.use_column_major_weights(False)
+        return super().train(mode)
 
     def enable_activation_checkpointing(self, enabled: bool = True) -> Transformer:
         """Recompute each block's activations in backward (memory for compute)."""

@@ -125,3 +125,4 @@ def test_model_still_trains_after_generating(tiny_dir: Path) -> None:
         optimizer.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+    assert model.output.weight.is_contiguous()  # train() restored the row-major layout
