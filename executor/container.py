@@ -258,6 +258,8 @@ class SandboxContainer:
         """Send one job, wait for its verdict (host deadline: timeout + grace). Raises RunnerGone."""
         message = (json.dumps({"job": job, "limits": limits}) + "\n").encode()
         self._drain_exec_stream()
+        if self._peer_closed():  # e.g. the container was killed from outside while idle: retry elsewhere
+            raise RunnerGone("the runner was gone before the job was sent" + self._diagnostics(), sent=False)
         try:
             self._sock.settimeout(START_TIMEOUT_S)
             self._sock.sendall(message)
@@ -278,6 +280,14 @@ class SandboxContainer:
         except OSError:
             in_container = False
         return uid == SANDBOX_UID and in_container
+
+    def _peer_closed(self) -> bool:
+        """True when the runner's end of the channel is closed (an idle runner never writes)."""
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable) and not self._sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
 
     def _drain_exec_stream(self) -> None:
         """Socket transport: read whatever the runner wrote to its stderr (the exec stream) without waiting,

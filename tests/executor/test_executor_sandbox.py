@@ -149,3 +149,18 @@ def test_a_host_process_cannot_pose_as_the_runner(sandbox):
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", ["socket", "exec"])
+def test_a_container_killed_from_outside_is_replaced_without_blaming_the_next_job(
+    sandbox_image, docker_client, transport
+):
+    with Sandbox(SandboxConfig(workers=1, transport=transport), client=docker_client) as pool:
+        (first,) = pool.run([_identity_job(1)])
+        docker_client.api.kill(pool._live[0].container.id)
+        time.sleep(0.5)
+        (second,) = pool.run([_identity_job(2)])
+        assert (first.outcome, second.outcome) == ("failed", "failed")
+        assert [t.passed for t in second.tests] == [True, False]
+        assert pool.replaced == 1
