@@ -48,6 +48,7 @@ COMPARE_HELPER = "__si_cmp__"  # dunder-terminated names are not mangled inside 
 TRUTH_HELPER = "__si_truth__"
 MAX_ERROR_CHARS = 500
 MAX_TRUSTED_NODES = 2_000_000
+MAX_VALUE_CHARS = 1 << 20  # a probe's encoded value; larger values fail the test rather than flood the runner
 
 # Exact types whose equality, ordering and truth are implemented in C and cannot be changed at run time.
 _TRUSTED_LEAVES = frozenset(
@@ -210,6 +211,89 @@ def truth(value: object) -> bool:
     if is_trusted(value):
         return bool(value)
     raise UntrustedComparison(f"assert on a {_type_name(value)} object: its truth value is not trusted")
+
+
+# --------------------------------------------------------------------------------------------------
+# Probe values: trusted data across the sandbox boundary
+# --------------------------------------------------------------------------------------------------
+# JSON scalars stand for themselves (None, bool, str, float, ints that JSON readers keep exact); every
+# other value is a tagged list ["tag", payload], so a decoder never guesses a type.
+
+_EXACT_INT = 1 << 53
+_TAGGED_SEQUENCES = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", collections.deque: "deque"}
+_TAGGED_MAPPINGS = {dict: "dict", collections.OrderedDict: "odict", collections.defaultdict: "ddict"}
+
+
+def encode_value(value: object) -> object:
+    """A trusted value as JSON-ready data; raises UntrustedComparison for anything else."""
+    kind = type(value)
+    if value is None or kind is bool or kind is str or kind is float:
+        return value
+    if kind is int:
+        return value if -_EXACT_INT < value < _EXACT_INT else ["int", hex(value)]
+    if kind in _TAGGED_SEQUENCES:
+        return [_TAGGED_SEQUENCES[kind], [encode_value(item) for item in value]]
+    if kind in _TAGGED_MAPPINGS:
+        return [_TAGGED_MAPPINGS[kind], [[encode_value(k), encode_value(v)] for k, v in dict.items(value)]]
+    if kind is bytes:
+        return ["bytes", value.hex()]
+    if kind is complex:
+        return ["complex", [value.real, value.imag]]
+    if kind is range:
+        return ["range", [value.start, value.stop, value.step]]
+    if kind is type(Ellipsis):
+        return ["ellipsis", None]
+    if kind is decimal.Decimal:
+        return ["decimal", str(value)]
+    if kind in (datetime.datetime, datetime.date, datetime.time):
+        return [kind.__name__, value.isoformat()]
+    if kind is datetime.timedelta:
+        return ["timedelta", [value.days, value.seconds, value.microseconds]]
+    if kind is datetime.timezone:
+        return ["timezone", [encode_value(value.utcoffset(None)), value.tzname(None)]]
+    raise UntrustedComparison(f"the test's value has type {_type_name(value)}, which the harness cannot check")
+
+
+_DECODE_SEQUENCES = {tag: kind for kind, tag in _TAGGED_SEQUENCES.items()}
+_DECODE_MAPPINGS = {tag: kind for kind, tag in _TAGGED_MAPPINGS.items()}
+
+
+def decode_value(data: object) -> object:
+    """The inverse of `encode_value`, for values that crossed the boundary. Raises ValueError if malformed."""
+    if data is None or type(data) in (bool, str, float):
+        return data
+    if type(data) is int:
+        return data
+    if type(data) is not list or len(data) != 2 or type(data[0]) is not str:
+        raise ValueError(f"malformed value {_SHORT_REPR.repr(data)}")
+    tag, payload = data
+    try:
+        if tag in _DECODE_SEQUENCES:
+            return _DECODE_SEQUENCES[tag](decode_value(item) for item in payload)
+        if tag in _DECODE_MAPPINGS:
+            pairs = [(decode_value(k), decode_value(v)) for k, v in payload]
+            return collections.defaultdict(None, pairs) if tag == "ddict" else _DECODE_MAPPINGS[tag](pairs)
+        if tag == "int":
+            return int(payload, 16)
+        if tag == "bytes":
+            return bytes.fromhex(payload)
+        if tag == "complex":
+            return complex(*payload)
+        if tag == "range":
+            return range(*payload)
+        if tag == "ellipsis":
+            return ...
+        if tag == "decimal":
+            return decimal.Decimal(payload)
+        if tag in ("datetime", "date", "time"):
+            return getattr(datetime, tag).fromisoformat(payload)
+        if tag == "timedelta":
+            return datetime.timedelta(*payload)
+        if tag == "timezone":
+            return datetime.timezone(decode_value(payload[0]), payload[1])
+    except (TypeError, ValueError, OverflowError, decimal.InvalidOperation) as exc:
+        raise ValueError(f"malformed {tag} value: {exc}") from exc
+    raise ValueError(f"unknown value tag {tag!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,29 +467,67 @@ class ResultChannel:
         data = (_json_dumps(record, ensure_ascii=True) + "\n").encode()
         _os_write(self._fd, data)
 
+    def value(self, index: int, encoded: str) -> None:
+        """A probe's value, already JSON-encoded (see `encode_value`)."""
+        _os_write(self._fd, b'{"i": %d, "v": %s, "k": "%s"}\n' % (index, encoded.encode(), self._nonce.encode()))
+
     def passed(self, index: int) -> None:
         """The common record, formatted without the json module (fewer copy-on-write pages touched)."""
         _os_write(self._fd, b'{"i": %d, "ok": true, "e": null, "k": "%s"}\n' % (index, self._nonce.encode()))
 
 
 PHASES = ("imports", "solution", "setup")
-Compiled = tuple  # (code, wrapped) for a test that compiled; a str (the error) for one that did not
+Compiled = tuple  # (code, mode) for a test that compiled, mode "plain" | "wrapped" | "probe"; else the error text
 
 
-def compile_tests(tests: list[str], cache: dict | None = None) -> list[Compiled | str]:
-    """Compile every test; with `cache` (source -> compiled), tests shared by many solutions compile once."""
+def compile_probe(expression: str, filename: str = "<probe>") -> object:
+    """Compile a probe: executing the code defines `__si_test__(__si_cmp__, __si_truth__)` returning the
+    expression's value. Comparisons inside the expression go through the trusted helpers, as in asserts."""
+    tree = ast.parse(expression, filename, "eval")
+    rewriter = _AssertRewriter()
+    rewriter.in_assert = True
+    body = rewriter.visit(tree.body)
+    arguments = ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(COMPARE_HELPER), ast.arg(TRUTH_HELPER)],
+        kwonlyargs=[],
+        kw_defaults=[],
+        defaults=[],
+    )
+    function = ast.FunctionDef(
+        name=TEST_FUNCTION, args=arguments, body=[ast.Return(value=body)], decorator_list=[], returns=None
+    )
+    if sys.version_info >= (3, 12):
+        function.type_params = []
+    module = ast.Module(body=[function], type_ignores=[])
+    ast.fix_missing_locations(module)
+    return compile(module, filename, "exec")
+
+
+def _cache_key(test: str | dict) -> str:
+    return test if isinstance(test, str) else "\0probe\0" + str(test.get("probe"))
+
+
+def compile_tests(tests: list, cache: dict | None = None) -> list[Compiled | str]:
+    """Compile every test (a statement, or `{"probe": expression}`); with `cache`, tests shared by many
+    solutions compile once."""
     compiled: list[Compiled | str] = []
-    for index, source in enumerate(tests):
-        entry = cache.get(source) if cache is not None else None
+    for test in tests:
+        key = _cache_key(test)
+        entry = cache.get(key) if cache is not None else None
         if entry is None:
             try:
-                entry = compile_test(source, "<test>")
-            except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+                if isinstance(test, dict):
+                    entry = (compile_probe(str(test["probe"])), "probe")
+                else:
+                    code, wrapped = compile_test(test, "<test>")
+                    entry = (code, "wrapped" if wrapped else "plain")
+            except (SyntaxError, ValueError, RecursionError, MemoryError, KeyError) as exc:
                 entry = describe(exc)
             if cache is not None:
                 if len(cache) >= 4096:
                     cache.clear()
-                cache[source] = entry
+                cache[key] = entry
         compiled.append(entry)
     return compiled
 
@@ -458,17 +580,32 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
             if isinstance(entry, str):
                 channel.send({"i": index, "ok": False, "e": entry})
                 continue
-            code, wrapped = entry
+            code, mode = entry
             _last_mismatch.clear()
             # Each test sees pristine builtins: whatever the solution patched (`builtins.abs = ...`) is not what
             # `abs(f(x) - y) < 1e-9` calls. The solution's own functions keep the builtins they were defined with.
             namespace["__builtins__"] = dict(__builtins__)
             try:
                 exec(code, namespace)  # noqa: S102
-                if wrapped:
-                    test_function = namespace.pop(TEST_FUNCTION)
-                    test_function(compare_chain, truth)
-                channel.passed(index)
+                if mode == "plain":
+                    channel.passed(index)
+                    continue
+                test_function = namespace.pop(TEST_FUNCTION)
+                value = test_function(compare_chain, truth)
+                if mode == "wrapped":
+                    channel.passed(index)
+                    continue
+                try:  # a probe: the value goes to the host, which alone knows what it should be
+                    encoded = _json_dumps(encode_value(value), ensure_ascii=True)
+                except (UntrustedComparison, RecursionError, ValueError) as exc:
+                    channel.send({"i": index, "ok": False, "e": describe(exc)})
+                    continue
+                if len(encoded) > MAX_VALUE_CHARS:
+                    channel.send(
+                        {"i": index, "ok": False, "e": f"ValueError: value too large to check ({len(encoded)} chars)"}
+                    )
+                    continue
+                channel.value(index, encoded)
             except BaseException as exc:  # noqa: BLE001
                 memory = memory or _is_memory_error(exc)
                 error = describe(exc)

@@ -25,6 +25,7 @@ from executor import image as sandbox_image
 from executor.config import CONTAINER_LABEL, SandboxConfig
 from executor.container import OWNER_LABEL, RunnerGone, SandboxContainer, daemon_is_local, owner_is_alive, owner_label
 from executor.jobs import Job, Result, TestResult
+from executor.probes import Probe, judge, split_test
 from selfinstruct.errors import UserError
 
 __all__ = ["Sandbox", "SandboxConfig", "remove_containers"]
@@ -241,13 +242,7 @@ class Sandbox:
     def _execute(self, container: SandboxContainer, job: Job) -> tuple[Result, bool, bool]:
         """Returns (result, container still healthy, job reached the runner)."""
         timeout_s = job.timeout_s or self.cfg.timeout_s
-        payload = {
-            "solution": job.solution,
-            "tests": job.tests,
-            "imports": job.imports,
-            "setup": job.setup,
-            "timeout_s": timeout_s,
-        }
+        payload, probes = runner_payload(job, timeout_s)
         try:
             reply = container.run(payload, self._limits(), timeout_s)
         except RunnerGone as exc:
@@ -261,10 +256,18 @@ class Sandbox:
                 outcome, why = "error", f"the sandbox runner died during this job ({exc}); container replaced"
             tests = [TestResult(passed=False, error=f"not run ({outcome})") for _ in job.tests]
             return self._result(job, outcome, tests=tests, stderr=f"[sandbox] {why}\n"), False, True
-        tests = [TestResult(**t) for t in reply.get("tests", [])]
+        tests = []
+        for probe, record in zip(probes, reply.get("tests", [])):
+            if probe is not None and "value" in record:
+                tests.append(judge(probe, record["value"]))  # the expected value never left the host
+            else:
+                tests.append(TestResult(passed=record.get("passed") is True, error=record.get("error")))
+        outcome = reply["outcome"]
+        if outcome == "passed" and not all(test.passed for test in tests):
+            outcome = "failed"
         result = self._result(
             job,
-            reply["outcome"],
+            outcome,
             tests=tests,
             duration_ms=reply.get("duration_ms", 0.0),
             stdout=reply.get("stdout", ""),
@@ -276,6 +279,19 @@ class Sandbox:
 
     def _result(self, job: Job, outcome: str, **fields: object) -> Result:
         return Result(id=job.id, outcome=outcome, image_digest=self.image_digest, **fields)
+
+
+def runner_payload(job: Job, timeout_s: float) -> tuple[dict, list[Probe | None]]:
+    """What the runner receives for `job`: probe tests travel as their expression only (see probes.py)."""
+    probes = [split_test(test) for test in job.tests]
+    payload = {
+        "solution": job.solution,
+        "tests": [test if probe is None else {"probe": probe.expression} for test, probe in zip(job.tests, probes)],
+        "imports": job.imports,
+        "setup": job.setup,
+        "timeout_s": timeout_s,
+    }
+    return payload, probes
 
 
 def _as_job(job: Job | dict) -> Job:

@@ -369,22 +369,39 @@ def test_host_unaffected_and_only_the_pool_remains(hostile_sandbox, docker_clien
 
 
 IN_PROCESS_FORGER = """
-import gc, os
+import gc, json, os
 channel = next(o for o in gc.get_objects() if type(o).__name__ == 'ResultChannel')
-for index in range(4):
-    channel.passed(index)
+for index in range(3):  # the probes: all a forger can do is guess their values
+    channel.value(index, json.dumps(42))
+channel.passed(3)  # the statement test: forgeable, the harness runs it in this process
 channel.send({'done': 4, 'load': None, 'mem': False})
 os._exit(0)
 """
+SECRET_TESTS = [
+    "assert answer() == 917263",
+    "assert answer() != 42",
+    "assert answer() in (917263, 1)",
+    "assert len([answer()]) == 1 and sorted([answer()]) == [5]",
+]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (docs/executor.md): code in the harness's process can find "
-    "its result channel in memory and forge the verdict; fixing it needs the tests' expected values "
-    "kept out of the solution's process",
-)
-def test_deliberate_in_process_forgery_is_a_known_limit(hostile_sandbox):
-    (result,) = hostile_sandbox.run([Job(id="forger", solution=IN_PROCESS_FORGER, tests=ANSWER_TESTS)])
-    assert result.outcome != "passed"
+def test_a_forger_cannot_pass_probes_because_expected_values_never_enter_the_sandbox(hostile_sandbox):
+    (result,) = hostile_sandbox.run([Job(id="forger", solution=IN_PROCESS_FORGER, tests=SECRET_TESTS)])
+    assert result.outcome == "failed"
+    assert [t.passed for t in result.tests] == [False, False, False, True]  # the statement test was forged
+    assert result.tests[0].error == "AssertionError: 42 == 917263 is false"
+
+
+@pytest.mark.timeout(60)
+def test_a_naive_forger_is_caught_as_forging(hostile_sandbox):
+    solution = (
+        "import gc, os\n"
+        "channel = next(o for o in gc.get_objects() if type(o).__name__ == 'ResultChannel')\n"
+        "for index in range(4):\n"
+        "    channel.passed(index)\n"
+        "channel.send({'done': 4, 'load': None, 'mem': False})\n"
+        "os._exit(0)\n"
+    )
+    (result,) = hostile_sandbox.run([Job(id="naive-forger", solution=solution, tests=SECRET_TESTS)])
+    assert result.outcome == "error" and "verdict discarded" in result.stderr

@@ -1,0 +1,94 @@
+"""Probes: tests whose expected value never enters the sandbox.
+
+For a test like `assert f(3) == [1, 2]`, the solution runs in the same process as the harness, so any
+verdict the sandbox reports could in principle be forged by code that introspects the harness. A probe
+sends only the expression `f(3)` into the sandbox; the harness returns its value (trusted types only,
+see `harness.encode_value`), and the host compares it with `[1, 2]`, which the sandbox never saw. Code
+that forges records can then only "pass" by producing the right values, which is solving the problem.
+
+A test becomes a probe when it is a single `assert` of one of these shapes (the literal is anything
+`ast.literal_eval` accepts): `EXPR <op> LITERAL` or `LITERAL <op> EXPR` with op one of ==, !=, <, <=,
+>, >=, in, not in; `EXPR is [not] None|True|False`; `EXPR` or `not EXPR` where EXPR is a call, a name,
+an attribute or a subscript. Every other test runs as a statement, as before.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from dataclasses import dataclass
+
+from executor import harness
+from executor.jobs import TestResult
+
+_MISSING = object()
+_COMPARE_OPS = {"Eq", "NotEq", "Lt", "LtE", "Gt", "GtE", "In", "NotIn", "Is", "IsNot"}
+_TRUTH_SHAPES = (ast.Call, ast.Name, ast.Attribute, ast.Subscript)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the sandbox evaluates (`expression`) and what the host checks its value against."""
+
+    expression: str
+    op: str  # a comparison name (ast class name), "Truth" or "Not"
+    expected: object = None
+    literal_left: bool = False
+
+
+def _literal(node: ast.AST) -> object:
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return _MISSING
+
+
+@functools.lru_cache(maxsize=65536)
+def split_test(source: str) -> Probe | None:
+    """The probe for a test, or None when the test must run as a statement."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        return None
+    test = tree.body[0].test
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        op = type(test.ops[0]).__name__
+        left, right = test.left, test.comparators[0]
+        left_value, right_value = _literal(left), _literal(right)
+        if op not in _COMPARE_OPS or (left_value is _MISSING) == (right_value is _MISSING):
+            return None
+        literal_left = right_value is _MISSING
+        expected = left_value if literal_left else right_value
+        if op in ("Is", "IsNot") and (literal_left or type(expected) not in (type(None), bool)):
+            return None  # identity only against None/True/False; `x is 1` is not a value comparison
+        return Probe(ast.unparse(right if literal_left else left), op, expected, literal_left)
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and isinstance(test.operand, _TRUTH_SHAPES):
+        return Probe(ast.unparse(test.operand), "Not")
+    if isinstance(test, _TRUTH_SHAPES) and _literal(test) is _MISSING:
+        return Probe(ast.unparse(test), "Truth")
+    return None
+
+
+def judge(probe: Probe, encoded: object) -> TestResult:
+    """Check a probe's value (as it came back from the sandbox) against what the test expects."""
+    try:
+        value = harness.decode_value(encoded)
+    except (ValueError, RecursionError) as exc:
+        return TestResult(passed=False, error=f"unreadable value from the sandbox: {exc}"[: harness.MAX_ERROR_CHARS])
+    short = harness._SHORT_REPR.repr
+    try:
+        if probe.op == "Truth":
+            ok = harness.truth(value)
+            failure = f"{short(value)} is not true"
+        elif probe.op == "Not":
+            ok = not harness.truth(value)
+            failure = f"{short(value)} is not false"
+        else:
+            left, right = (probe.expected, value) if probe.literal_left else (value, probe.expected)
+            ok = harness.compare(probe.op, left, right)
+            failure = harness._mismatch_text(probe.op, left, right)
+    except Exception as exc:  # noqa: BLE001 - e.g. TypeError for `"a" < 1`: the test fails with it
+        return TestResult(passed=False, error=harness.describe(exc))
+    return TestResult(passed=True) if ok else TestResult(passed=False, error=f"AssertionError: {failure}")
