@@ -7,7 +7,7 @@ and imports nothing from this project. It is also importable on the host, where 
 Why asserts are rewritten. A test like `assert f(x) == [1, 2]` is normally decided by the object
 `f(x)` returns: an object whose `__eq__` always answers True passes every such test. The harness
 therefore compiles each `assert` so that every comparison and the final truth test go through
-`_compare`/`_truth` below, which decide on "trusted" values (exact built-in types whose behaviour no
+`compare`/`truth` below, which decide on "trusted" values (exact built-in types whose behaviour no
 solution can change, recursively for containers) with the built-in operators, and refuse to let an
 untrusted object decide: `==` between untrusted objects needs the same exact type and agreement in
 both directions; ordering, `in` and truth tests on untrusted objects fail. The helpers reach the test
@@ -17,10 +17,11 @@ Why results travel over a private pipe with a nonce. The solution runs in the ha
 its exit status and its stdout prove nothing: the harness streams one record per test, then a final
 record, each tagged with a per-job nonce, over a pipe the runner reads. A job passes only when every
 test's record says passed and the final record arrived; exiting early in any way (`sys.exit`,
-`os._exit`, killing the process) leaves records missing. Limit, stated plainly: code running in the
-same process can in principle find the nonce in memory and forge the records; the sandbox still
-contains such a program, but verdict integrity against deliberate in-process introspection is not
-claimed (see docs/executor.md).
+`os._exit`, killing the process) leaves records missing. Code in the same process can still find the
+channel in memory and write records itself; that is why simple tests arrive as probes (see
+executor/probes.py): for those the harness only reports the expression's value (`encode_value`) and
+the host, which alone holds the expected value, decides. Tests of other shapes keep the in-process
+verdict (docs/executor.md states the limit).
 """
 
 from __future__ import annotations
