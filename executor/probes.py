@@ -53,6 +53,8 @@ def split_test(source: str) -> Probe | None:
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
         return None
     test = tree.body[0].test
+    if any(isinstance(node, ast.NamedExpr) for node in ast.walk(test)):
+        return None  # `:=` binds a name later tests may use: keep the statement's module-level semantics
     if isinstance(test, ast.Compare) and len(test.ops) == 1:
         op = type(test.ops[0]).__name__
         left, right = test.left, test.comparators[0]

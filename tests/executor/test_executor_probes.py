@@ -45,6 +45,7 @@ def test_simple_asserts_become_probes(source, probe):
         "x = f(1)",
         "for i in range(3):\n    assert f(i) == i",
         "assert f(1) ==",
+        "assert (y := f(1)) == 1",
     ],
 )
 def test_other_tests_run_as_statements(source):
