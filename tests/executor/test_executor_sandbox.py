@@ -164,3 +164,24 @@ def test_a_container_killed_from_outside_is_replaced_without_blaming_the_next_jo
         assert (first.outcome, second.outcome) == ("failed", "failed")
         assert [t.passed for t in second.tests] == [True, False]
         assert pool.replaced == 1
+
+
+@pytest.mark.timeout(60)
+def test_probes_and_statements_share_one_namespace(sandbox):
+    job = Job(
+        id="mixed",
+        solution="def sorted_copy(values):\n    return sorted(values)\n",
+        tests=[
+            "data = [3, 1, 2]",
+            "assert sorted_copy(data) == [1, 2, 3]",
+            "assert data == [3, 1, 2]",
+            "assert sorted_copy(data)",
+            "assert not sorted_copy([])",
+            "assert sorted_copy(data) == (1, 2, 3)",
+            "for n in range(3):\n    assert sorted_copy([n]) == [n]",
+        ],
+    )
+    (result,) = sandbox.run([job])
+    assert [t.passed for t in result.tests] == [True, True, True, True, True, False, True]
+    assert result.tests[5].error == "AssertionError: [1, 2, 3] == (1, 2, 3) is false"
+    assert result.outcome == "failed"
