@@ -7,7 +7,8 @@ see `harness.encode_value`), and the host compares it with `[1, 2]`, which the s
 that forges records can then only "pass" by producing the right values, which is solving the problem.
 
 A test becomes a probe when it is a single `assert` of one of these shapes (the literal is anything
-`ast.literal_eval` accepts): `EXPR <op> LITERAL` or `LITERAL <op> EXPR` with op one of ==, !=, <, <=,
+`ast.literal_eval` accepts, or bounded arithmetic on such literals like `(3 + 5, 3 * 5)`):
+`EXPR <op> LITERAL` or `LITERAL <op> EXPR` with op one of ==, !=, <, <=,
 >, >=, in, not in; `EXPR is [not] None|True|False`; `EXPR` or `not EXPR` where EXPR is a call, a name,
 an attribute or a subscript. Every other test runs as a statement, as before.
 """
@@ -36,10 +37,52 @@ class Probe:
     literal_left: bool = False
 
 
-def _literal(node: ast.AST) -> object:
+_ARITHMETIC = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+}
+_MAX_FOLDED_BITS = 4096
+_MAX_FOLDED_CHARS = 10_000
+
+
+def _fold(node: ast.AST) -> object:
+    """Arithmetic on literals (`3 + 5 + 7`, `2 * 0.5`, `"a" + "b"`), evaluated on the host with bounded
+    sizes; anything else raises ValueError. `ast.literal_eval` alone refuses these."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        left, right = _literal_value(node.left), _literal_value(node.right)
+        numbers = all(type(v) in (int, float) for v in (left, right))
+        strings = type(left) is str and type(right) is str and isinstance(node.op, ast.Add)
+        if not (numbers or strings):
+            raise ValueError("only arithmetic on numbers, or joining strings")
+        value = _ARITHMETIC[type(node.op)](left, right)
+        if (type(value) is int and value.bit_length() > _MAX_FOLDED_BITS) or (
+            type(value) is str and len(value) > _MAX_FOLDED_CHARS
+        ):
+            raise ValueError("folded constant too large")
+        return value
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        items = [_literal_value(item) for item in node.elts]
+        return {ast.Tuple: tuple, ast.List: list, ast.Set: set}[type(node)](items)
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal_value(k): _literal_value(v) for k, v in zip(node.keys, node.values)}
+    return ast.literal_eval(node)
+
+
+def _literal_value(node: ast.AST) -> object:
     try:
         return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+    except ValueError:
+        return _fold(node)
+
+
+def _literal(node: ast.AST) -> object:
+    try:
+        return _literal_value(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, ZeroDivisionError, OverflowError):
         return _MISSING
 
 

@@ -28,6 +28,9 @@ from executor.sandbox import runner_payload
         ("assert is_prime(7)", Probe("is_prime(7)", "Truth")),
         ("assert not is_prime(8)", Probe("is_prime(8)", "Not")),
         ("assert f(1) == 1, 'message'", Probe("f(1)", "Eq", 1)),
+        ("assert f([3, 5]) == (3 + 5, 3 * 5)", Probe("f([3, 5])", "Eq", (8, 15))),
+        ("assert f() == -1 / 4 + 2 // 3", Probe("f()", "Eq", -0.25)),
+        ("assert f() == 'ab' + 'c'", Probe("f()", "Eq", "abc")),
     ],
 )
 def test_simple_asserts_become_probes(source, probe):
@@ -46,6 +49,10 @@ def test_simple_asserts_become_probes(source, probe):
         "for i in range(3):\n    assert f(i) == i",
         "assert f(1) ==",
         "assert (y := f(1)) == 1",
+        "assert f() == 2 ** 10",  # no powers: 10 ** 10 ** 10 must never be evaluated on the host
+        "assert f() == 'a' * 10",
+        "assert f() == (1 << 5000) * (1 << 5000)",
+        "assert f() == 1 / 0",
     ],
 )
 def test_other_tests_run_as_statements(source):
