@@ -174,7 +174,8 @@ def _clear_scratch() -> bool:
 def _prepare(job: dict) -> tuple | None:
     """Compile the job in the runner, before forking: a child that compiles pays ~1 ms of copy-on-write
     faults. Oversized sources are left to the child, so a pathological input cannot stall the runner."""
-    sources = [job.get(phase) or "" for phase in harness.PHASES] + list(job.get("tests") or [])
+    tests = [test if isinstance(test, str) else str(test.get("probe")) for test in job.get("tests") or []]
+    sources = [job.get(phase) or "" for phase in harness.PHASES] + tests
     if sum(len(source) for source in sources) > MAX_PRECOMPILE_CHARS:
         return None
     try:
