@@ -185,3 +185,11 @@ def test_probes_and_statements_share_one_namespace(sandbox):
     assert [t.passed for t in result.tests] == [True, True, True, True, True, False, True]
     assert result.tests[5].error == "AssertionError: [1, 2, 3] == (1, 2, 3) is false"
     assert result.outcome == "failed"
+
+
+@pytest.mark.timeout(60)
+def test_oversized_sources_are_compiled_in_the_child(sandbox):
+    padding = "# " + "x" * 300_000 + "\n"  # over the runner's pre-compile limit
+    job = Job(id="big", solution=padding + "def f():\n    return 1\n", tests=["assert f() == 1", "assert f() == 2"])
+    (result,) = sandbox.run([job])
+    assert [t.passed for t in result.tests] == [True, False] and result.outcome == "failed"
