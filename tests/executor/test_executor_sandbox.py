@@ -193,3 +193,10 @@ def test_oversized_sources_are_compiled_in_the_child(sandbox):
     job = Job(id="big", solution=padding + "def f():\n    return 1\n", tests=["assert f() == 1", "assert f() == 2"])
     (result,) = sandbox.run([job])
     assert [t.passed for t in result.tests] == [True, False] and result.outcome == "failed"
+
+
+@pytest.mark.timeout(60)
+def test_a_probe_value_too_large_to_check_fails_its_test(sandbox):
+    job = Job(id="huge", solution="def f():\n    return list(range(400_000))\n", tests=["assert f() == [0]"])
+    (result,) = sandbox.run([job])
+    assert result.outcome == "failed" and "value too large to check" in result.tests[0].error
