@@ -9,8 +9,9 @@ the call. So a process killed at any moment and restarted, or two processes work
 run, end with exactly the rows of one uninterrupted run: at worst some LLM work is done twice and
 its second result is dropped.
 
-All functions take an Engine and open their own transaction; batches are written with Core
-executemany (multi-row INSERTs), not the ORM unit of work, which is what makes them fast.
+All functions take an Engine and open their own transaction; batches are written as multi-row
+INSERT / batched UPDATE statements (db/upsert.py), not through the ORM unit of work, which is what
+makes them fast (bench/db.py). Pending work comes back as plain records (db/records.py).
 """
 
 from __future__ import annotations
