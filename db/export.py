@@ -4,7 +4,8 @@
 
 Files: PATH gets the training rows and, with --split-val > 0, the sibling PATH with ".val" before the
 suffix (data/instruct.val.jsonl) gets the validation rows. Both are written to temporary files and
-renamed when complete, so a failed export never leaves half a dataset behind. Every row's `id` is a
+renamed when complete, so a failed export never leaves half a dataset behind; an export without
+--split-val removes the .val sibling an earlier export left, which would look current. Every row's `id` is a
 hash of (run, problem hash, solution): stable across exports, and the split is a stable hash of the
 id, so a row never moves between train and validation when more runs are added.
 
@@ -349,6 +350,7 @@ class ExportStats:
     skipped_chat_format: int = 0
     train_path: str = ""
     validation_path: str | None = None
+    removed_stale_validation: str | None = None
 
     @property
     def rows(self) -> int:
@@ -390,8 +392,12 @@ def export(
                 stats.train += 1
         for fh in files:
             fh.close()
-        for src, dst in zip(tmp, paths):
+        for src, dst in zip(tmp, paths, strict=True):
             os.replace(src, dst)
+        stale = val_path(out)
+        if split_val == 0 and stale.exists():  # a validation file of an earlier export would look current
+            stale.unlink()
+            stats.removed_stale_validation = str(stale)
     finally:
         for fh in files:
             fh.close()
@@ -456,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         msg += f" and {stats.validation} validation rows to {stats.validation_path}"
     if stats.skipped_chat_format:
         msg += f"; skipped {stats.skipped_chat_format} whose text contains Llama 2 control tags"
+    if stats.removed_stale_validation:
+        msg += f"; removed {stats.removed_stale_validation} (from an earlier export with --split-val)"
     print(msg)
     return 0
 

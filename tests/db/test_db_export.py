@@ -199,3 +199,12 @@ def test_since_filters_by_selection_time(two_runs: sa.Engine, tmp_path: Path) ->
     assert everything > 0
     assert export(two_runs, tmp_path / "past.jsonl", flt=ExportFilter(since=now - timedelta(days=1))).rows == everything
     assert export(two_runs, tmp_path / "future.jsonl", flt=ExportFilter(since=now + timedelta(days=1))).rows == 0
+
+
+def test_export_without_split_removes_a_stale_validation_file(two_runs: sa.Engine, tmp_path: Path) -> None:
+    out = tmp_path / "d.jsonl"
+    export(two_runs, out, split_val=0.3)
+    assert val_path(out).exists()
+    stats = export(two_runs, out)
+    assert not val_path(out).exists() and stats.removed_stale_validation == str(val_path(out))
+    assert len(read_jsonl(out)) == stats.train == stats.rows
