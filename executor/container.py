@@ -34,6 +34,8 @@ from executor.config import CONTAINER_LABEL, RUNNER_HEADROOM_MB, SANDBOX_UID, Sa
 from executor.runner import bootstrap_source
 
 OWNER_LABEL = f"{CONTAINER_LABEL}.owner"
+CHANNEL_LABEL = f"{CONTAINER_LABEL}.channel"  # the host directory of a socket-transport container
+CHANNEL_PREFIX = "selfinstruct-runner-"
 STDOUT, STDERR = 1, 2
 RUNNER_ENV = {
     "PYTHONHASHSEED": "0",  # the same set/dict iteration order in every container, run after run
@@ -46,6 +48,15 @@ START_TIMEOUT_S = 30.0
 CHANNEL_MOUNT = "/run/selfinstruct"  # where the host's channel directory appears in the container (read-only)
 CHANNEL_SOCKET = "runner.sock"
 LOCAL_DAEMON_URLS = ("http+docker://localhost", "http+docker://localunixsocket")
+
+
+def remove_channel_dir(path: str | None) -> None:
+    """Remove a socket-transport channel directory, if `path` really is one of ours on this host."""
+    if not path:
+        return
+    parent, name = os.path.split(os.path.normpath(path))
+    if parent == os.path.normpath(tempfile.gettempdir()) and name.startswith(CHANNEL_PREFIX):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def daemon_is_local(client: docker.DockerClient) -> bool:
@@ -171,6 +182,8 @@ class SandboxContainer:
                 listener, options["volumes"] = self._listen()
                 environment["SELFINSTRUCT_RUNNER_SOCKET"] = f"{CHANNEL_MOUNT}/{CHANNEL_SOCKET}"
             labels = {CONTAINER_LABEL: "1", OWNER_LABEL: owner}
+            if self._channel_dir is not None:
+                labels[CHANNEL_LABEL] = self._channel_dir
             self.container = client.containers.run(image_id, name=self.name, labels=labels, **options)
             exec_id = client.api.exec_create(
                 self.container.id,
@@ -200,7 +213,7 @@ class SandboxContainer:
 
     def _listen(self) -> tuple[socket.socket, dict]:
         """A unix socket in a fresh host directory, and the read-only bind mount that shows it to the runner."""
-        self._channel_dir = tempfile.mkdtemp(prefix="selfinstruct-runner-")
+        self._channel_dir = tempfile.mkdtemp(prefix=CHANNEL_PREFIX)
         os.chmod(self._channel_dir, 0o755)
         path = os.path.join(self._channel_dir, CHANNEL_SOCKET)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -330,5 +343,4 @@ class SandboxContainer:
             if "already in progress" not in str(exc):
                 raise
         finally:
-            if self._channel_dir is not None:
-                shutil.rmtree(self._channel_dir, ignore_errors=True)
+            remove_channel_dir(self._channel_dir)

@@ -12,8 +12,11 @@ a process that no longer runs are removed at start; this pool's own containers a
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -23,7 +26,17 @@ import docker
 
 from executor import image as sandbox_image
 from executor.config import CONTAINER_LABEL, SandboxConfig
-from executor.container import OWNER_LABEL, RunnerGone, SandboxContainer, daemon_is_local, owner_is_alive, owner_label
+from executor.container import (
+    CHANNEL_LABEL,
+    CHANNEL_PREFIX,
+    OWNER_LABEL,
+    RunnerGone,
+    SandboxContainer,
+    daemon_is_local,
+    owner_is_alive,
+    owner_label,
+    remove_channel_dir,
+)
 from executor.jobs import Job, Result, TestResult
 from executor.probes import Probe, judge, split_test
 from selfinstruct.errors import UserError
@@ -38,8 +51,11 @@ def remove_containers(client: docker.DockerClient, *, stale_only: bool) -> int:
     removed = 0
     # The low-level listing: `containers.list()` inspects each container and fails when one disappears
     # meanwhile, which other pools recycling containers on the same daemon make routine.
+    live_channels = set()
     for summary in client.api.containers(all=True, filters={"label": CONTAINER_LABEL}):
-        if stale_only and owner_is_alive((summary.get("Labels") or {}).get(OWNER_LABEL, "")):
+        labels = summary.get("Labels") or {}
+        if stale_only and owner_is_alive(labels.get(OWNER_LABEL, "")):
+            live_channels.add(labels.get(CHANNEL_LABEL))
             continue
         try:
             client.api.remove_container(summary["Id"], force=True)
@@ -49,7 +65,28 @@ def remove_containers(client: docker.DockerClient, *, stale_only: bool) -> int:
         except docker.errors.APIError as exc:
             if "already in progress" not in str(exc):
                 raise
+        remove_channel_dir(labels.get(CHANNEL_LABEL))
+    _remove_orphaned_channel_dirs(live_channels)
     return removed
+
+
+def _remove_orphaned_channel_dirs(in_use: set[str | None], min_age_s: float = 120.0) -> None:
+    """Channel directories no live container uses (their owner was killed before it could clean up).
+    Young ones are left alone: a pool starting right now may not have labeled its container yet."""
+    root = tempfile.gettempdir()
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        if not name.startswith(CHANNEL_PREFIX) or path in in_use:
+            continue
+        try:
+            if time.time() - os.stat(path).st_mtime > min_age_s:
+                remove_channel_dir(path)
+        except OSError:
+            continue
 
 
 def _destroy_all(containers: list[SandboxContainer]) -> None:

@@ -200,3 +200,27 @@ def test_a_probe_value_too_large_to_check_fails_its_test(sandbox):
     job = Job(id="huge", solution="def f():\n    return list(range(400_000))\n", tests=["assert f() == [0]"])
     (result,) = sandbox.run([job])
     assert result.outcome == "failed" and "value too large to check" in result.tests[0].error
+
+
+@pytest.mark.timeout(120)
+def test_channel_directories_of_vanished_pools_are_removed(sandbox_image, docker_client):
+    import os
+    import tempfile
+
+    from executor.container import CHANNEL_LABEL, CHANNEL_PREFIX
+
+    labeled = tempfile.mkdtemp(prefix=CHANNEL_PREFIX)  # a stale container's directory
+    orphan = tempfile.mkdtemp(prefix=CHANNEL_PREFIX)  # a directory whose container is already gone
+    os.utime(orphan, (0, 0))
+    dead_owner = f"{socket.gethostname()}:999999999:1"
+    docker_client.containers.run(
+        sandbox_image,
+        ["sleep", "infinity"],
+        detach=True,
+        labels={CONTAINER_LABEL: "1", OWNER_LABEL: dead_owner, CHANNEL_LABEL: labeled},
+    )
+    with Sandbox(SandboxConfig(workers=1), client=docker_client) as pool:
+        channel = pool._live[0]._channel_dir
+        assert not os.path.exists(labeled) and not os.path.exists(orphan)
+        assert os.path.isdir(channel)  # a live pool's directory stays
+    assert not os.path.exists(channel)
