@@ -127,13 +127,13 @@ class Problem(Base):
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
-        sa.UniqueConstraint("run_id", "norm_hash", name="uq_problems_run_hash"),
+        # hash first: the same index serves "unique per run" and the export's cross-run dedup lookup
+        sa.UniqueConstraint("norm_hash", "run_id", name="uq_problems_hash_run"),
         sa.CheckConstraint(f"status IN {PROBLEM_STATUSES}", name="status"),
         sa.CheckConstraint(f"tests_status IN {STAGE_STATUSES}", name="tests_status"),
         sa.CheckConstraint(f"solutions_status IN {STAGE_STATUSES}", name="solutions_status"),
         sa.Index("ix_problems_tests_queue", "run_id", "status", "tests_status"),
         sa.Index("ix_problems_solutions_queue", "run_id", "tests_status", "solutions_status"),
-        sa.Index("ix_problems_norm_hash", "norm_hash"),
     )
 
 
