@@ -11,6 +11,7 @@ from selfinstruct.errors import UserError
 from tests.finetune.conftest import instruct_rows, write_jsonl
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_overfit_small_set_and_reproduce_an_answer(make_config, tmp_path):
     from model.checkpoint import load, load_tokenizer
@@ -94,3 +95,21 @@ def test_checkpoint_that_does_not_match_its_tokenizer_or_sequence(make_config, t
         train(make_config("data.seq_len=1024"))
     with pytest.raises(UserError, match="neither a checkpoint directory nor a preset"):
         train(make_config(f"model.source={tmp_path / 'missing'}"))
+
+
+@pytest.mark.timeout(120)
+def test_activation_checkpointing_changes_nothing_but_memory(make_config):
+    plain = train(make_config("train.max_steps=3", out="plain"))
+    recomputed = train(make_config("train.max_steps=3", "model.activation_checkpointing=true", out="ac"))
+    losses = lambda s: [r["loss"] for r in read_metrics(s.metrics) if r["kind"] == "train"]  # noqa: E731
+    assert losses(plain) == pytest.approx(losses(recomputed), rel=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.timeout(180)
+def test_cuda_bf16_run(make_config):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    summary = train(make_config("train.device=cuda", "train.bf16=auto", "train.max_steps=20"))
+    assert summary.device.startswith("cuda") and summary.final_loss < summary.first_loss
+    assert summary.hf_dir is not None
