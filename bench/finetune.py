@@ -30,6 +30,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,16 +38,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from finetune.data import InstructExample, tokenize_examples  # noqa: E402
-from finetune.distributed import DistInfo  # noqa: E402
-from finetune.loader import DataPosition, StepData, TrainingStream  # noqa: E402
-from finetune.optim import build_optimizer  # noqa: E402
-from finetune.config import OptimConfig  # noqa: E402
-from finetune.packing import IGNORE_INDEX, Batch, collate  # noqa: E402
-from finetune.train import optimizer_step  # noqa: E402
-from model.args import ModelArgs  # noqa: E402
-from model.checkpoint import load, load_tokenizer  # noqa: E402
-from model.init import init_checkpoint  # noqa: E402
+from finetune.config import OptimConfig
+from finetune.data import InstructExample, tokenize_examples
+from finetune.distributed import DistInfo
+from finetune.loader import DataPosition, StepData, TrainingStream
+from finetune.optim import build_optimizer
+from finetune.packing import IGNORE_INDEX, Batch, collate
+from finetune.train import optimizer_step
+from model.args import ModelArgs
+from model.checkpoint import load, load_tokenizer
+from model.init import init_checkpoint
 
 
 def humaneval_examples() -> list[InstructExample]:
@@ -59,6 +60,7 @@ def humaneval_examples() -> list[InstructExample]:
 
 
 def hf_step(model, optimizer, batch: Batch, n_targets: int, autocast) -> float:
+    batch = batch.to(model.device)
     with autocast:
         logits = model(input_ids=batch.tokens, attention_mask=batch.real.long()).logits
     loss = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE_INDEX,
@@ -135,11 +137,11 @@ def main() -> None:
         padded = collate(epoch.docs, [[i] for row in rows for i in row], None)
         n_targets = packed.n_targets
         runs = {
-            "ours_packed": lambda: optimizer_step(ours_packed, optimizers["ours_packed"],
-                                                  StepData([packed], n_targets, packed.n_tokens, 0), info, autocast, 1.0),
-            "ours_padded": lambda: optimizer_step(ours_padded, optimizers["ours_padded"],
-                                                  StepData([padded], n_targets, padded.n_tokens, 0), info, autocast, 1.0),
-            "hf_padded": lambda: hf_step(hf, optimizers["hf_padded"], padded.to(device), n_targets, autocast),
+            "ours_packed": partial(optimizer_step, ours_packed, optimizers["ours_packed"],
+                                   StepData([packed], n_targets, packed.n_tokens, 0), info, autocast, 1.0),
+            "ours_padded": partial(optimizer_step, ours_padded, optimizers["ours_padded"],
+                                   StepData([padded], n_targets, padded.n_tokens, 0), info, autocast, 1.0),
+            "hf_padded": partial(hf_step, hf, optimizers["hf_padded"], padded, n_targets, autocast),
         }
         best = {name: float("inf") for name in runs}
         best_cpu = {name: float("inf") for name in runs}

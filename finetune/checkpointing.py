@@ -24,8 +24,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 from pydantic import BaseModel
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from finetune.distributed import DistInfo, barrier, broadcast_object
 from finetune.loader import DataPosition

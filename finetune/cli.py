@@ -14,8 +14,12 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from selfinstruct.errors import UserError, cli_entry
+
+if TYPE_CHECKING:  # the config module is imported lazily so that `--help` stays fast
+    from finetune.config import FinetuneConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,7 +46,7 @@ def _absolute(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def build_config(args: argparse.Namespace):  # noqa: ANN201 - FinetuneConfig, imported lazily
+def build_config(args: argparse.Namespace) -> FinetuneConfig:
     from finetune.config import load_config
 
     overrides = list(args.overrides)

@@ -45,7 +45,7 @@ def launch_ray(config: FinetuneConfig, stop_after: int | None = None) -> TrainSu
     )
     try:
         trainer.fit()
-    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the user's one line
+    except Exception as exc:  # Ray wraps worker errors: surface a worker's UserError as its one line
         message = str(exc)
         for line in reversed(message.splitlines()):
             if "UserError" in line:

@@ -22,8 +22,7 @@ import yaml
 from pydantic import BaseModel
 from torch import nn
 
-from finetune.checkpointing import (TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                    save_final_model)
+from finetune.checkpointing import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint, save_final_model
 from finetune.config import FinetuneConfig
 from finetune.data import read_exports, split_validation, tokenize_examples
 from finetune.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
@@ -276,8 +275,7 @@ def summary_table(summary: TrainSummary) -> Any:
         ("loss", f"{summary.first_loss:.4f} -> {summary.final_loss:.4f}" if summary.final_loss is not None else "-"),
         ("validation loss", f"{summary.eval_loss:.4f}" if summary.eval_loss is not None else "-"),
         ("tokens", f"{summary.tokens:,} ({summary.trained_tokens:,} trained)"),
-        ("time", f"{summary.seconds:.1f} s, {summary.tokens_per_s:,.0f} tokens/s on {summary.world_size} x "
-                 f"{summary.device}"),
+        ("time", f"{summary.seconds:.1f} s, {summary.tokens_per_s:,.0f} tokens/s on {summary.world_size} x {summary.device}"),
         ("metrics", summary.metrics),
         ("loss curve", summary.loss_plot or "-"),
         ("model (HF)", summary.hf_dir or "-"),

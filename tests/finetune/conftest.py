@@ -11,7 +11,6 @@ import pytest
 
 from finetune.config import FinetuneConfig, load_config
 
-
 NAMES = ("scale", "grow", "boost", "stretch", "amplify", "enlarge", "expand", "magnify", "raise", "lift",
          "pump", "swell")
 

@@ -12,7 +12,7 @@ from finetune.cli import main
 
 
 def _run(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "selfinstruct", "finetune", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "selfinstruct", "finetune", *args], capture_output=True, text=True, check=False,
                           timeout=120, cwd=cwd)
 
 

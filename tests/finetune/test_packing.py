@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from finetune.data import TokenizedDoc, read_export, tokenize_examples
-from finetune.packing import IGNORE_INDEX, bucket_rows, collate, doc_targets, pack_rows
 from finetune.loss import sequence_loss_sum
+from finetune.packing import IGNORE_INDEX, bucket_rows, collate, doc_targets, pack_rows
 from tests.finetune.conftest import instruct_rows, write_jsonl
 
 

@@ -49,7 +49,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(make_config):
     _, a = load_state_dict(straight.meta_dir)
     _, b = load_state_dict(second.meta_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    losses = lambda s: [(r["step"], r["loss"]) for r in read_metrics(s.metrics) if r["kind"] == "train"]  # noqa: E731
+    losses = lambda s: [(r["step"], r["loss"]) for r in read_metrics(s.metrics) if r["kind"] == "train"]
     assert losses(straight) == losses(second)
 
 
@@ -101,7 +101,7 @@ def test_checkpoint_that_does_not_match_its_tokenizer_or_sequence(make_config, t
 def test_activation_checkpointing_changes_nothing_but_memory(make_config):
     plain = train(make_config("train.max_steps=3", out="plain"))
     recomputed = train(make_config("train.max_steps=3", "model.activation_checkpointing=true", out="ac"))
-    losses = lambda s: [r["loss"] for r in read_metrics(s.metrics) if r["kind"] == "train"]  # noqa: E731
+    losses = lambda s: [r["loss"] for r in read_metrics(s.metrics) if r["kind"] == "train"]
     assert losses(plain) == pytest.approx(losses(recomputed), rel=1e-5)
 
 
