@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML config (see docs/finetune.md); defaults apply without one")
     parser.add_argument("--data", action="append", metavar="PATH",
                         help="an export file (jsonl or chat format); repeat for several")
+    parser.add_argument("--val-data", action="append", metavar="PATH",
+                        help="a validation export (e.g. the NAME.val.jsonl of `export --split-val`); "
+                             "without it data.val_fraction of --data is held out")
     parser.add_argument("--model", help="checkpoint directory (Meta or HF layout) or a preset name")
     parser.add_argument("--out", help="output directory (checkpoints, metrics, final model)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -52,6 +55,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     overrides = list(args.overrides)
     if args.data:
         overrides.append("data.paths=[" + ", ".join(f'"{_absolute(p)}"' for p in args.data) + "]")
+    if args.val_data:
+        overrides.append("data.val_paths=[" + ", ".join(f'"{_absolute(p)}"' for p in args.val_data) + "]")
     if args.model:
         model = _absolute(args.model) if Path(args.model).exists() else args.model
         overrides.append(f"model.source={model}")
@@ -69,7 +74,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
         overrides.append(f"train.max_steps={args.max_steps}")
     config = load_config(args.config, overrides)
     # Resolve what the config file gave relative to the current directory, for every process and worker.
-    data = config.data.model_copy(update={"paths": [_absolute(p) for p in config.data.paths]})
+    data = config.data.model_copy(update={"paths": [_absolute(p) for p in config.data.paths],
+                                          "val_paths": [_absolute(p) for p in config.data.val_paths]})
     source = config.model.source
     if source and Path(source).exists():
         source = _absolute(source)

@@ -50,7 +50,8 @@ class DataConfig(_Strict):
     system: str | None = None  # an optional system message merged into every user turn
     seq_len: int = Field(default=2048, gt=1)
     packing: bool = True  # False: length-bucketed, padded batches
-    val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)  # split from `paths` when `val_paths` is empty
+    val_paths: list[str] = []  # a validation export (`selfinstruct export --split-val` writes NAME.val.jsonl)
     rehearsal: list[RehearsalSource] = [
         RehearsalSource(name="code", kind="code", proportion=0.06),
         RehearsalSource(name="natural_language", kind="text", proportion=0.02),
@@ -84,7 +85,7 @@ class OptimConfig(_Strict):
     eps: float = 1e-8
     weight_decay: float = 0.1
     grad_clip: float = 1.0  # 0 disables clipping
-    warmup_steps: int = Field(default=100, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0)  # None: 5% of train.max_steps, at most 100
     final_lr_ratio: float = Field(default=1.0 / 30.0, ge=0.0, le=1.0)
 
 
@@ -121,6 +122,21 @@ class FinetuneConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     launch: LaunchConfig = LaunchConfig()
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> FinetuneConfig:
+        if self.optim.warmup_steps is not None and self.optim.warmup_steps >= self.train.max_steps:
+            raise ValueError(f"optim.warmup_steps ({self.optim.warmup_steps}) must be below train.max_steps "
+                             f"({self.train.max_steps}), or the learning rate never reaches its peak")
+        return self
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warm-up updates: as configured, else 5% of the run, at most 100 (Code Llama used 1000 of its long
+        runs; a short fine-tune must still reach its peak learning rate)."""
+        if self.optim.warmup_steps is not None:
+            return self.optim.warmup_steps
+        return min(100, max(1, self.train.max_steps // 20))
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the trained weights (not logging, launch or output place)."""

@@ -90,8 +90,9 @@ def _example(row: dict[str, Any], fmt: Literal["jsonl", "chat"], answer_format: 
 
 def read_export(path: str | Path, fmt: Literal["auto", "jsonl", "chat"] = "auto",
                 answer_format: str = "[PYTHON]\n{solution}\n[/PYTHON]",
-                system: str | None = None) -> list[InstructExample]:
-    """All examples of one export file; any bad line is a `UserError` naming the file and line."""
+                system: str | None = None, allow_empty: bool = False) -> list[InstructExample]:
+    """All examples of one export file; any bad line is a `UserError` naming the file and line, and so is
+    an empty file unless `allow_empty`."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"export file not found: {path}")
@@ -116,7 +117,7 @@ def read_export(path: str | Path, fmt: Literal["auto", "jsonl", "chat"] = "auto"
                 raise UserError(f"{origin}: not a {row_fmt} export row ({where}: {err['msg']})") from None
             except ChatFormatError as exc:
                 raise UserError(f"{origin}: {exc}") from None
-    if not examples:
+    if not examples and not allow_empty:
         raise UserError(f"export file {path} is empty: export some triples first (`selfinstruct export`)")
     return examples
 
@@ -124,16 +125,29 @@ def read_export(path: str | Path, fmt: Literal["auto", "jsonl", "chat"] = "auto"
 def read_exports(paths: Iterable[str | Path], fmt: Literal["auto", "jsonl", "chat"] = "auto",
                  answer_format: str = "[PYTHON]\n{solution}\n[/PYTHON]",
                  system: str | None = None) -> list[InstructExample]:
+    """The examples of several export files together. One empty file among others is allowed (an export of
+    a run where nothing passed, next to a seed set); all of them empty is a `UserError`."""
     paths = list(paths)
     if not paths:
         raise UserError("no training data: pass --data EXPORT.jsonl (or set data.paths in the config)")
-    examples = [e for p in paths for e in read_export(p, fmt, answer_format, system)]
+    if len(paths) == 1:
+        examples = read_export(paths[0], fmt, answer_format, system)
+    else:
+        examples = [e for p in paths for e in read_export(p, fmt, answer_format, system, allow_empty=True)]
+        if not examples:
+            raise UserError(f"export files {', '.join(str(p) for p in paths)} are all empty: export some triples "
+                            f"first (`selfinstruct export`)")
+    check_unique_ids(examples)
+    return examples
+
+
+def check_unique_ids(examples: Iterable[InstructExample]) -> None:
+    """Two rows with one id are the same triple twice (or a train row leaking into validation)."""
     seen: dict[str, str] = {}
     for example in examples:
         if example.id in seen:
             raise UserError(f"{example.origin}: duplicate example id {example.id!r} (first at {seen[example.id]})")
         seen[example.id] = example.origin
-    return examples
 
 
 def split_validation(examples: list[InstructExample], fraction: float) -> tuple[list[InstructExample],
@@ -169,5 +183,5 @@ def tokenize_examples(tokenizer: Any, examples: list[InstructExample], seq_len: 
     return docs
 
 
-__all__ = ["InstructExample", "TokenizedDoc", "read_export", "read_exports", "split_validation",
+__all__ = ["InstructExample", "TokenizedDoc", "check_unique_ids", "read_export", "read_exports", "split_validation",
            "tokenize_example", "tokenize_examples"]

@@ -24,7 +24,7 @@ from torch import nn
 
 from finetune.checkpointing import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint, save_final_model
 from finetune.config import FinetuneConfig
-from finetune.data import read_exports, split_validation, tokenize_examples
+from finetune.data import check_unique_ids, read_exports, split_validation, tokenize_examples
 from finetune.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown
 from finetune.loader import DataPosition, StepData, TrainingStream, eval_batches
 from finetune.loss import sequence_loss_sum
@@ -150,7 +150,12 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     start = load_starting_point(config.model, dc.seq_len, out, tc.seed, info)
     tokenizer = Tokenizer(start.tokenizer_path)
     check_tokenizer(tokenizer, start.args)
-    train_examples, val_examples = split_validation(examples, dc.val_fraction)
+    if dc.val_paths:
+        train_examples = examples
+        val_examples = read_exports(dc.val_paths, dc.format, dc.answer_format, dc.system)
+        check_unique_ids(train_examples + val_examples)
+    else:
+        train_examples, val_examples = split_validation(examples, dc.val_fraction)
     train_docs = tokenize_examples(tokenizer, train_examples, dc.seq_len)
     val_docs = tokenize_examples(tokenizer, val_examples, dc.seq_len)
     mixer = RehearsalMixer(tokenizer, list(dc.rehearsal), dc.seq_len, dc.infilling) if dc.rehearsal else None
@@ -205,7 +210,7 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     while step < tc.max_steps:
         t0 = time.perf_counter()
         data, next_position = stream.next_step(position)
-        lr = lr_at(step, config.optim.lr, config.optim.warmup_steps, tc.max_steps, config.optim.final_lr_ratio)
+        lr = lr_at(step, config.optim.lr, config.warmup_steps, tc.max_steps, config.optim.final_lr_ratio)
         apply_lr(optimizer, lr)
         loss_total, grad_norm = optimizer_step(model, optimizer, data, info, autocast, config.optim.grad_clip)
         loss = loss_total / data.n_targets

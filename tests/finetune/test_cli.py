@@ -35,6 +35,7 @@ def test_cli_runs_a_config_file_with_overrides(tmp_path, tiny_checkpoint, export
     (["--set", "optim.lr=-1"], "invalid fine-tuning config (defaults): optim.lr: Input should be greater than 0"),
     (["--set", "nonsense"], "--set expects key=value"),
     (["--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["--max-steps", "50", "--set", "optim.warmup_steps=50"], "optim.warmup_steps (50) must be below train.max_steps"),
     (["--set", "data.rehearsal=[{name: c, kind: code, proportion: 0.7}, {name: t, kind: text, proportion: 0.4}]"],
      "rehearsal proportions must add up to less than 1"),
 ])
@@ -64,3 +65,22 @@ def test_shipped_configs_are_valid(name):
     assert config.optim.betas == (0.9, 0.95) and config.optim.final_lr_ratio == pytest.approx(1 / 30)
     if name == "long-context.yaml":
         assert config.model.rope_theta == 1e6 and config.data.seq_len == config.model.max_seq_len == 16384
+
+
+@pytest.mark.timeout(150)
+def test_validation_export_file_is_used_instead_of_a_split(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    from tests.finetune.conftest import instruct_rows, write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    rows = instruct_rows(12)
+    write_jsonl(tmp_path / "train.jsonl", rows[:10])
+    write_jsonl(tmp_path / "train.val.jsonl", rows[10:])
+    common = ["--data", "train.jsonl", "--model", str(tiny_checkpoint), "--max-steps", "2",
+              "--set", "data.seq_len=256", "--set", "data.rehearsal=[]", "--set", "train.progress=false",
+              "--set", "train.device=cpu", "--set", "train.batch_size=2"]
+    assert main(common + ["--val-data", "train.val.jsonl", "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert (summary["train_examples"], summary["val_examples"]) == (10, 2) and summary["eval_loss"] > 0
+    write_jsonl(tmp_path / "leak.jsonl", rows[9:])
+    assert main(common + ["--val-data", "leak.jsonl", "--out", str(tmp_path / "b")]) == 2
+    assert "duplicate example id 't9'" in capsys.readouterr().err

@@ -95,3 +95,14 @@ def test_example_longer_than_sequence_is_refused(tokenizer, tmp_path):
     examples = read_export(path)
     with pytest.raises(UserError, match=r"e.jsonl:1: example 't0' has \d+ tokens, more than data.seq_len=16"):
         tokenize_examples(tokenizer, examples, seq_len=16)
+
+
+def test_an_empty_file_among_others_is_allowed_but_not_all_empty(tmp_path):
+    empty = tmp_path / "nothing_passed.jsonl"
+    empty.write_text("")
+    seed = write_jsonl(tmp_path / "seed.jsonl", instruct_rows(3))
+    assert [e.id for e in read_exports([empty, seed])] == ["t0", "t1", "t2"]
+    other = tmp_path / "also_empty.jsonl"
+    other.write_text("\n")
+    with pytest.raises(UserError, match="are all empty"):
+        read_exports([empty, other])

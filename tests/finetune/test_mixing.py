@@ -123,3 +123,11 @@ def test_weight_decay_only_on_matrices(tiny_checkpoint):
     assert all(p.ndim == 2 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
     assert optimizer.defaults["betas"] == (0.9, 0.95)
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+
+
+def test_default_warmup_is_a_share_of_short_runs():
+    from finetune.config import load_config
+
+    assert load_config(None, ["train.max_steps=40"]).warmup_steps == 2
+    assert load_config(None, ["train.max_steps=5000"]).warmup_steps == 100
+    assert load_config(None, ["train.max_steps=40", "optim.warmup_steps=0"]).warmup_steps == 0
