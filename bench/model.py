@@ -5,7 +5,7 @@ One run, one JSON line. Both sides load the same HF directory written by `model.
 interleaved; each figure is the best of `--repeats` runs, which filters out the noise of a shared machine
 (the load average is printed with the result). Training is forward + backward + AdamW on the same batch.
 
-    .venv/bin/python bench/model.py [--preset small] [--new-tokens 64] [--repeats 3] [--threads N]
+    .venv/bin/python bench/model.py [--preset small] [--new-tokens 32] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -105,11 +105,11 @@ def bench_training(ours, theirs, batch: int, seq: int, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-batch", type=int, default=4)
     parser.add_argument("--train-seq", type=int, default=256)
-    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
     opts = parser.parse_args()
     if opts.threads:

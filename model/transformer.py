@@ -183,8 +183,8 @@ class Transformer(nn.Module):
         """
         with torch.inference_mode(False), torch.no_grad():
             for module in self.modules():
-                if not isinstance(module, nn.Linear):
-                    continue
+                if not isinstance(module, nn.Linear) or type(module.weight.data) is not torch.Tensor:
+                    continue  # leave sharded (DTensor) and other wrapped weights alone
                 weight = module.weight.data
                 if enabled and weight.is_contiguous():
                     module.weight.data = weight.t().contiguous().t()
