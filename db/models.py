@@ -107,7 +107,8 @@ class Problem(Base):
     run; near-duplicates and benchmark-contaminated questions are stored with the reason, not used.
 
     `tests_status` / `solutions_status` make the table the work queue of the later stages;
-    `tests_call_id` is the call that wrote (or failed to write) the tests.
+    `tests_call_id` is the call that wrote (or failed to write) the tests; `selection_check` queues
+    the problem for triple selection when new executions of its solutions come in.
     """
 
     __tablename__ = "problems"
@@ -124,6 +125,8 @@ class Problem(Base):
     tests_call_id: Mapped[int | None] = mapped_column(sa.ForeignKey("llm_calls.id", ondelete="SET NULL"))
     solutions_status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     solutions_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # set when an execution of one of its solutions is recorded; selection clears it once final
+    selection_check: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (
@@ -134,6 +137,7 @@ class Problem(Base):
         sa.CheckConstraint(f"solutions_status IN {STAGE_STATUSES}", name="solutions_status"),
         sa.Index("ix_problems_tests_queue", "run_id", "status", "tests_status"),
         sa.Index("ix_problems_solutions_queue", "run_id", "tests_status", "solutions_status"),
+        sa.Index("ix_problems_selection_queue", "run_id", "selection_check"),
     )
 
 

@@ -535,14 +535,15 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
         return 0
     with write_transaction(engine) as conn:
         ids = [sid for sid, _ in items]
-        totals = dict(
-            conn.execute(
-                sa.select(solutions_t.c.id, sa.func.count(tests_t.c.id))
-                .join(tests_t, tests_t.c.problem_id == solutions_t.c.problem_id, isouter=True)
-                .where(solutions_t.c.id.in_(ids))
-                .group_by(solutions_t.c.id)
-            ).all()
-        )
+        totals: dict[int, int] = {}
+        problem_of: dict[int, int] = {}
+        for sid, pid, n_tests in conn.execute(
+            sa.select(solutions_t.c.id, solutions_t.c.problem_id, sa.func.count(tests_t.c.id))
+            .join(tests_t, tests_t.c.problem_id == solutions_t.c.problem_id, isouter=True)
+            .where(solutions_t.c.id.in_(ids))
+            .group_by(solutions_t.c.id, solutions_t.c.problem_id)
+        ):
+            totals[sid], problem_of[sid] = n_tests, pid
         missing = set(ids) - totals.keys()
         if missing:
             raise ValueError(f"no solutions with ids {sorted(missing)[:10]}")
@@ -560,9 +561,14 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
             )
             for sid, res in items
         ]
-        written = len(insert_ignore_values(conn, executions_t, EXECUTION_COLUMNS, rows, returning=[executions_t.c.id]))
-        note_bulk_write(conn, written)
-        return written
+        inserted = insert_ignore_values(
+            conn, executions_t, EXECUTION_COLUMNS, rows, returning=[executions_t.c.solution_id]
+        )
+        touched = sorted({problem_of[sid] for (sid,) in inserted})
+        if touched:  # queue these problems for selection (select_triples)
+            conn.execute(sa.update(problems_t).where(problems_t.c.id.in_(touched)).values(selection_check=True))
+        note_bulk_write(conn, len(inserted))
+        return len(inserted)
 
 
 # --- selection -----------------------------------------------------------------------------------
@@ -582,6 +588,7 @@ def select_triples(
     seed: int = 0,
     *,
     problem_ids: Iterable[int] | None = None,
+    rescan: bool = False,
 ) -> int:
     """Give one triple to each problem whose parsed solutions have all been executed and at least one
     of which passed; returns the number of triples added now.
@@ -590,64 +597,81 @@ def select_triples(
     passing one chosen deterministically from `seed` and the problem id (the StarCoder2-Instruct
     rule). Problems that already have a triple keep it, so reruns add nothing.
 
-    Without `problem_ids` every problem of the run is considered (a scan of the run); a caller that
-    selects after each execution batch should pass the batch's problem ids, which makes the cost
-    proportional to the batch.
+    Which problems are looked at: by default those queued by `record_executions` since they were
+    last found final (a triple, or every parsed solution executed without a pass), so calling this
+    after every execution batch costs the batch, not the run. `problem_ids` looks at exactly those;
+    `rescan` at every problem of the run (after deleting triples to select again, say).
     """
     if rule not in ("first", "random"):
         raise ValueError(f"unknown selection rule {rule!r}")
-    # One grouped pass over the run's parsed solutions (hash/merge joins whatever the planner's
-    # statistics say; correlated NOT EXISTS chains made PostgreSQL pick nested loops over
-    # freshly loaded tables): every parsed solution executed, at least one passed, no triple yet.
-    executed = sa.func.count(executions_t.c.id)
-    n_passed = sa.func.sum(sa.case((executions_t.c.outcome == "passed", 1), else_=0))
-    eligible = (
-        sa.select(solutions_t.c.problem_id)
-        .join(problems_t, problems_t.c.id == solutions_t.c.problem_id)
-        .outerjoin(executions_t, executions_t.c.solution_id == solutions_t.c.id)
-        .where(
-            problems_t.c.run_id == run_id,
-            problems_t.c.solutions_status == "done",
-            solutions_t.c.parse_status == "ok",
-            ~sa.exists().where(triples_t.c.problem_id == problems_t.c.id),
+    p, s, e = problems_t, solutions_t, executions_t
+    # One grouped pass per page of problems (hash/merge joins whatever the planner's statistics
+    # say; correlated NOT EXISTS chains made PostgreSQL pick nested loops over fresh tables).
+    page = (
+        sa.select(
+            s.c.problem_id,
+            sa.func.count(e.c.id),
+            sa.func.count(),
+            sa.func.sum(sa.case((e.c.outcome == "passed", 1), else_=0)),
         )
-        .group_by(solutions_t.c.problem_id)
-        .having(executed == sa.func.count(), n_passed > 0)
-        .order_by(solutions_t.c.problem_id)
+        .join(p, p.c.id == s.c.problem_id)
+        .outerjoin(e, e.c.solution_id == s.c.id)
+        .where(
+            p.c.run_id == run_id,
+            p.c.solutions_status == "done",
+            s.c.parse_status == "ok",
+            ~sa.exists().where(triples_t.c.problem_id == p.c.id),
+        )
+        .group_by(s.c.problem_id)
+        .order_by(s.c.problem_id)
         .limit(_CHUNK)
     )
     if problem_ids is not None:
         ids = sorted(set(problem_ids))
         if not ids:
             return 0
-        eligible = eligible.where(solutions_t.c.problem_id.in_(ids))
+        page = page.where(s.c.problem_id.in_(ids))
+    elif not rescan:
+        page = page.where(p.c.selection_check.is_(True))
     added, last_id = 0, 0
     with write_transaction(engine) as conn:
         # Keyset pages of problems: memory stays flat, and the triples written for one page lie
         # behind the next page's cursor.
-        while problem_ids := list(conn.scalars(eligible.where(solutions_t.c.problem_id > last_id))):
-            passing: dict[int, list[tuple[int, int]]] = defaultdict(list)
-            rows = conn.execute(
-                sa.select(solutions_t.c.problem_id, solutions_t.c.sample_index, solutions_t.c.id)
-                .join(executions_t, executions_t.c.solution_id == solutions_t.c.id)
-                .where(solutions_t.c.problem_id.in_(problem_ids), executions_t.c.outcome == "passed")
-                .order_by(solutions_t.c.problem_id, solutions_t.c.sample_index)
+        while rows := conn.execute(page.where(s.c.problem_id > last_id)).all():
+            last_id = rows[-1][0]
+            final = [pid for pid, executed, total, _ in rows if executed == total]
+            eligible = [pid for pid, executed, total, n_passed in rows if executed == total and n_passed]
+            if eligible:
+                passing: dict[int, list[tuple[int, int]]] = defaultdict(list)
+                for problem_id, sample_index, solution_id in conn.execute(
+                    sa.select(s.c.problem_id, s.c.sample_index, s.c.id)
+                    .join(e, e.c.solution_id == s.c.id)
+                    .where(s.c.problem_id.in_(eligible), e.c.outcome == "passed")
+                    .order_by(s.c.problem_id, s.c.sample_index)
+                ):
+                    passing[problem_id].append((sample_index, solution_id))
+                chosen = [
+                    dict(
+                        run_id=run_id,
+                        problem_id=pid,
+                        solution_id=_choose(rule, seed, pid, passing[pid]),
+                        selection_rule=rule,
+                    )
+                    for pid in eligible
+                ]
+                added_now = len(insert_ignore(conn, triples_t, chosen, returning=[triples_t.c.id]))
+                added += added_now
+                note_bulk_write(conn, added_now)
+            if final:  # final either way: selection never needs to look at them again
+                conn.execute(sa.update(p).where(p.c.id.in_(final)).values(selection_check=False))
+        # queued problems another process gave a triple meanwhile
+        conn.execute(
+            sa.update(p)
+            .where(
+                p.c.run_id == run_id, p.c.selection_check.is_(True), sa.exists().where(triples_t.c.problem_id == p.c.id)
             )
-            for problem_id, sample_index, solution_id in rows:
-                passing[problem_id].append((sample_index, solution_id))
-            chosen = [
-                dict(
-                    run_id=run_id,
-                    problem_id=pid,
-                    solution_id=_choose(rule, seed, pid, passing[pid]),
-                    selection_rule=rule,
-                )
-                for pid in problem_ids
-            ]
-            added_now = len(insert_ignore(conn, triples_t, chosen, returning=[triples_t.c.id]))
-            added += added_now
-            note_bulk_write(conn, added_now)
-            last_id = problem_ids[-1]
+            .values(selection_check=False)
+        )
     return added
 
 

@@ -275,7 +275,8 @@ def test_select_first_and_random_passing(engine: sa.Engine) -> None:
     assert set(firsts) == {1}
     with engine.begin() as conn:
         conn.execute(sa.delete(Triple))
-    assert q.select_triples(engine, run_id, "random", seed=3) == 40
+    assert q.select_triples(engine, run_id, "random", seed=3) == 0  # every problem is final: not queued
+    assert q.select_triples(engine, run_id, "random", seed=3, rescan=True) == 40
 
     def chosen() -> dict[int, int]:
         with engine.connect() as conn:
@@ -291,11 +292,11 @@ def test_select_first_and_random_passing(engine: sa.Engine) -> None:
     assert set(picks.values()) == {1, 2, 4}  # only passing samples, and not always the first
     with engine.begin() as conn:
         conn.execute(sa.delete(Triple))
-    q.select_triples(engine, run_id, "random", seed=3)
+    q.select_triples(engine, run_id, "random", seed=3, rescan=True)
     assert chosen() == picks  # deterministic from the seed
     with engine.begin() as conn:
         conn.execute(sa.delete(Triple))
-    q.select_triples(engine, run_id, "random", seed=4)
+    q.select_triples(engine, run_id, "random", seed=4, rescan=True)
     assert chosen() != picks
 
 
@@ -393,3 +394,29 @@ def test_postgres_statistics_follow_bulk_loads(pg_schema_url: str, monkeypatch: 
     run_pipeline(engine, "run")
     assert {"problems", "solutions", "executions", "llm_calls"} <= analyzed()
     engine.dispose()
+
+
+def test_selection_queue_looks_only_at_problems_with_new_executions(engine: sa.Engine) -> None:
+    run_id = setup_problems(engine, ["P1", "P2", "P3"])
+    add_tests(engine, run_id, n_tests=1, shown=0)
+    add_solutions(engine, run_id, ["a = 1", "a = 2"])
+    jobs = q.pending_executions(engine, run_id, 10)
+    first, second = jobs[0], jobs[1]  # the two samples of P1
+
+    def queued() -> set[str]:
+        with engine.connect() as conn:
+            return set(conn.scalars(sa.select(Problem.text).where(Problem.selection_check.is_(True))))
+
+    assert queued() == set()
+    q.record_executions(engine, [(first.solution_id, result("passed", [True]))])
+    assert queued() == {"P1"}
+    assert q.select_triples(engine, run_id) == 0  # P1 still has a solution to run: stays queued
+    assert queued() == {"P1"}
+    q.record_executions(engine, [(second.solution_id, result("failed", [False]))])
+    assert q.select_triples(engine, run_id) == 1
+    assert queued() == set()  # final: never looked at again
+    rest = [(j.solution_id, result("failed", [False])) for j in jobs[2:]]
+    q.record_executions(engine, rest)
+    assert queued() == {"P2", "P3"}
+    assert q.select_triples(engine, run_id) == 0  # final without a pass
+    assert queued() == set()
