@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import FinetuneConfig, config_from_dict
+from finetune.data import read_exports
 from finetune.train import TrainSummary, train
 from selfinstruct.errors import UserError
 
@@ -34,6 +35,10 @@ def launch_ray(config: FinetuneConfig, stop_after: int | None = None) -> TrainSu
     out = Path(config.out_dir)
     if not out.is_absolute():
         raise UserError(f"out_dir must be an absolute path under the Ray launcher, got {config.out_dir!r}")
+    # The data's own errors (missing, empty, malformed files) show here in one line, before any worker starts.
+    read_exports(config.data.paths, config.data.format, config.data.answer_format, config.data.system)
+    if config.data.val_paths:
+        read_exports(config.data.val_paths, config.data.format, config.data.answer_format, config.data.system)
     ensure_ray(launch.ray_address, num_cpus=None if launch.ray_address else max(launch.num_workers, 1),
                docker_slots=0)
     trainer = TorchTrainer(

@@ -82,3 +82,13 @@ def test_ray_train_launcher_two_cpu_workers(make_config, tmp_path):
         ray.shutdown()
     assert summary.world_size == 2 and summary.steps == STEPS and summary.hf_dir is not None
     _assert_same_run(_single_process_reference(make_config), summary.metrics, summary.meta_dir)
+
+
+def test_ray_launcher_reports_bad_data_before_starting_workers(make_config, tmp_path):
+    from finetune.launch_ray import launch_ray
+    from selfinstruct.errors import UserError
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="empty.jsonl is empty"):
+        launch_ray(make_config(f"data.paths=[{empty}]", "launch.launcher=ray", "launch.ray_address=local"))
