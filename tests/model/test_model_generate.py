@@ -126,3 +126,12 @@ def test_model_still_trains_after_generating(tiny_dir: Path) -> None:
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert model.output.weight.is_contiguous()  # train() restored the row-major layout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_decode_gives_the_same_tokens(loaded) -> None:
+    model, tok = loaded
+    eager = generate(model, tok, PROMPTS, max_new_tokens=12)
+    compiled = generate(model, tok, PROMPTS, max_new_tokens=12, compile=True)
+    assert [p[0].token_ids for p in compiled] == [p[0].token_ids for p in eager]
