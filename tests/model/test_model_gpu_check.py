@@ -25,3 +25,4 @@ def test_cpu_smoke_prints_one_json_line_and_writes_out(tmp_path: Path) -> None:
     assert report["parity"]["ok"] is True
     assert report["decode_7b"]["eager"]["tok_s"] > 0
     assert report["train_1b"]["tok_s"] > 0
+    assert report["generate"]["seeded_sampling_reproducible"] is True
