@@ -126,7 +126,8 @@ def _generate_rows(model: Transformer, tokenizer: Tokenizer, prompts: list[list[
                 logits = model.forward_cached(next_tokens[:, None], next_positions, width + step, key_valid)
             next_positions = next_positions + 1
     finally:
-        model.drop_cache()
+        if decode is None:  # a compiled step keeps its cache (and CUDA graph) for the next call
+            model.drop_cache()
 
     results = []
     for row, ids in enumerate(generated):

@@ -225,11 +225,19 @@ class Transformer(nn.Module):
     # -- cached prefill / decode ----------------------------------------------------------------
 
     def setup_cache(self, max_batch: int, max_len: int, dtype: torch.dtype | None = None) -> None:
-        """Preallocate a static KV cache of `max_len` slots for `max_batch` rows in every layer."""
+        """Preallocate a static KV cache of `max_len` slots for `max_batch` rows in every layer.
+
+        A cache of the same shape is kept rather than reallocated (stale slots are always masked out), so
+        a compiled decode step keeps seeing the same buffers and its CUDA graph stays valid.
+        """
         weight = self.output.weight
+        dtype = dtype or weight.dtype
+        shape = (max_batch, self.args.kv_heads, max_len, self.args.head_dim)
         for layer in self.layers:
-            layer.attention.cache = KVCache(max_batch, self.args.kv_heads, max_len, self.args.head_dim,
-                                            dtype or weight.dtype, weight.device)
+            cache = layer.attention.cache
+            if cache is not None and cache.k.shape == shape and cache.k.dtype == dtype and cache.k.device == weight.device:
+                continue
+            layer.attention.cache = KVCache(max_batch, self.args.kv_heads, max_len, self.args.head_dim, dtype, weight.device)
 
     def drop_cache(self) -> None:
         for layer in self.layers:
