@@ -70,8 +70,23 @@ def load_state_dict(path: str | Path) -> tuple[ModelArgs, StateDict]:
         args, state, origin = _read_meta(path)
     else:
         args, state, origin = _read_hf(path)
-    _check_shapes(args, state, origin)
+    _check_shapes(args, {name: tuple(t.shape) for name, t in state.items()}, origin)
     return args, state
+
+
+def inspect_checkpoint(path: str | Path) -> tuple[Format, ModelArgs, str]:
+    """Format, shapes and weight dtype of a checkpoint, shape-checked without reading HF weights
+    (safetensors headers only) or copying Meta ones (memory-mapped): `model info` on a 70B is instant."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "meta":
+        args, state, origin = _read_meta(path)
+        shapes = {name: tuple(t.shape) for name, t in state.items()}
+        dtype = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    else:
+        args, shapes, origin, dtype = _read_hf_headers(path)
+    _check_shapes(args, shapes, origin)
+    return fmt, args, dtype
 
 
 def load(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -346,6 +361,37 @@ def _read_hf(path: Path) -> tuple[ModelArgs, StateDict, dict[str, str]]:
     return args, state, {meta_names.get(name, name): file for name, file in origin.items()}
 
 
+def _read_hf_headers(path: Path) -> tuple[ModelArgs, dict[str, tuple[int, ...]], dict[str, str], str]:
+    from safetensors import safe_open
+
+    config_file = path / "config.json"
+    args = args_from_hf_config(_read_json(config_file), str(config_file))
+    meta_names = {_hf_name(n): n for n in _expected_shapes(args)}
+    shapes: dict[str, tuple[int, ...]] = {}
+    origin: dict[str, str] = {}
+    dtype = "unknown"
+    for file in _hf_weight_files(path):
+        if file.suffix != ".safetensors":  # pickled .bin files have no header to read: load them
+            _, state, bin_origin = _read_hf(path)
+            first = next(iter(state.values()))
+            return args, {n: tuple(t.shape) for n, t in state.items()}, bin_origin, str(first.dtype).removeprefix("torch.")
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():
+                    piece = handle.get_slice(name)
+                    meta_name = meta_names.get(name, name)
+                    shapes[meta_name] = tuple(piece.get_shape())
+                    origin[meta_name] = str(file)
+                    dtype = piece.get_dtype()
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's problem to fix
+            raise UserError(f"{file}: cannot read weights ({_first_line(exc)})") from None
+    return args, {n: s for n, s in shapes.items() if not n.endswith("rotary_emb.inv_freq")}, origin, _torch_dtype_name(dtype)
+
+
+def _torch_dtype_name(safetensors_dtype: str) -> str:
+    return {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(safetensors_dtype, safetensors_dtype)
+
+
 def _hf_weight_files(path: Path) -> list[Path]:
     index = path / HF_INDEX
     if index.is_file():
@@ -390,19 +436,18 @@ def _expected_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_shapes(args: ModelArgs, state: StateDict, origin: dict[str, str]) -> None:
+def _check_shapes(args: ModelArgs, shapes: dict[str, tuple[int, ...]], origin: dict[str, str]) -> None:
     expected = _expected_shapes(args)
     where = next(iter(origin.values()), "checkpoint")
-    missing = [n for n in expected if n not in state]
+    missing = [n for n in expected if n not in shapes]
     if missing:
         raise UserError(f"{where}: missing {len(missing)} tensor(s), e.g. {missing[0]}")
-    unexpected = [n for n in state if n not in expected]
+    unexpected = [n for n in shapes if n not in expected]
     if unexpected:
         raise UserError(f"{origin.get(unexpected[0], where)}: unexpected tensor {unexpected[0]}")
     for name, shape in expected.items():
-        if tuple(state[name].shape) != shape:
-            raise UserError(f"{origin.get(name, where)}: {name} has shape {tuple(state[name].shape)}, "
-                            f"the config says {shape}")
+        if shapes[name] != shape:
+            raise UserError(f"{origin.get(name, where)}: {name} has shape {shapes[name]}, the config says {shape}")
 
 
 def _state_and_args(model: Transformer | StateDict, args: ModelArgs | None) -> tuple[StateDict, ModelArgs]:

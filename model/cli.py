@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(convert(args.src, args.dst, args.to))
         return 0
-    from model.checkpoint import TOKENIZER_FILE, detect_format, load_state_dict, load_tokenizer
-
-    fmt = detect_format(args.path)
-    shapes, state = load_state_dict(args.path)
-    report = {"path": args.path, "format": fmt, "args": shapes.to_dict(), "hidden_dim": shapes.hidden_dim,
-              "num_params": shapes.num_params(), "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")}
     from pathlib import Path
+
+    from model.checkpoint import TOKENIZER_FILE, inspect_checkpoint, load_tokenizer
+
+    fmt, shapes, dtype = inspect_checkpoint(args.path)
+    report = {"path": args.path, "format": fmt, "args": shapes.to_dict(), "hidden_dim": shapes.hidden_dim,
+              "num_params": shapes.num_params(), "dtype": dtype}
 
     if (Path(args.path) / TOKENIZER_FILE).is_file():
         tokenizer = load_tokenizer(args.path)

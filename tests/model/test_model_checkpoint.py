@@ -174,3 +174,23 @@ def test_column_major_weights_keep_values_and_save_identically(tmp_path: Path) -
     for path in (tmp_path / "hf", tmp_path / "meta"):
         _, loaded = load_state_dict(path)
         assert all(torch.equal(loaded[k], before[k]) for k in before)
+
+
+def test_info_reads_headers_only_and_still_checks_shapes(tmp_path: Path, tiny_dir: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from model.checkpoint import inspect_checkpoint
+
+    fmt, args, dtype = inspect_checkpoint(tiny_dir)
+    assert (fmt, args.n_layers, dtype) == ("hf", 2, "float32")
+    bf16 = tmp_path / "bf16"
+    save_hf(load(tiny_dir, dtype=torch.bfloat16), bf16)
+    assert inspect_checkpoint(bf16)[2] == "bfloat16"
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["hidden_size"] = 128
+    (bad / "config.json").write_text(json.dumps(config))
+    assert model_cli(["info", str(bad)]) == 2
+    assert "model.safetensors: tok_embeddings.weight has shape (512, 64), the config says (512, 128)" in capsys.readouterr().err
