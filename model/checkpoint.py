@@ -96,6 +96,7 @@ def load(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtyp
     with torch.device("meta"):
         model = Transformer(args, **model_kwargs)
     model.load_state_dict(state, assign=True)
+    del state  # the model now owns the tensors: each is freed as soon as `to` has converted it
     return model.to(device=device, dtype=dtype).eval()
 
 
