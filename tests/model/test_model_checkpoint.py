@@ -168,6 +168,7 @@ def test_column_major_weights_keep_values_and_save_identically(tmp_path: Path) -
         expected = model(tokens)
         model.use_column_major_weights().use_column_major_weights()  # idempotent
         assert model.output.weight.stride() == (1, 512) and model.output.weight.shape == (512, 64)
+        assert model.layers[0].feed_forward.w2.weight.is_contiguous()  # narrow output: stays row-major
         torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=0)
     save_hf(model, tmp_path / "hf")
     save_meta(model, tmp_path / "meta")
