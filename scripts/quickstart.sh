@@ -8,11 +8,14 @@
 #      instruct seed set added when few triples passed (a random model yields few or none)
 #   5. print where everything is
 # Everything lands under runs/quickstart/. Extra arguments go to `selfinstruct generate` (e.g. --set ...).
+# QUICKSTART_PRESET (default small) and QUICKSTART_FT_STEPS (default 40) shrink it (CI uses tiny / 10).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 start=$(date +%s)
+PRESET="${QUICKSTART_PRESET:-small}"
+FT_STEPS="${QUICKSTART_FT_STEPS:-40}"
 
 say "1/5 set-up (scripts/setup.sh)"
 scripts/setup.sh
@@ -21,9 +24,9 @@ OUT=runs/quickstart
 DB="sqlite:///$OUT/selfinstruct.db"
 mkdir -p "$OUT"
 
-say "2/5 a small random Llama checkpoint (preset 'small', ~58M parameters) with a fresh tokenizer"
+say "2/5 a small random Llama checkpoint (preset '$PRESET') with a freshly trained tokenizer"
 if [ ! -f "$OUT/model/config.json" ]; then
-  $SI model init --preset small --out "$OUT/model"
+  $SI model init --preset "$PRESET" --out "$OUT/model"
 else
   echo "already there: $OUT/model"
 fi
@@ -36,11 +39,12 @@ $SI export --db "$DB" --run quickstart --format chat --out "$OUT/export/train.js
 triples=$(cat "$OUT"/export/train*.jsonl 2>/dev/null | wc -l)
 data=()
 [ -s "$OUT/export/train.jsonl" ] && data+=(--data "$OUT/export/train.jsonl")
+[ -s "$OUT/export/train.val.jsonl" ] && data+=(--val-data "$OUT/export/train.val.jsonl")
 if [ "$triples" -lt 20 ]; then
   echo "only $triples triples passed (expected from a random model): adding the bundled instruct seed set"
   data+=(--data finetune/data/seed_instruct.jsonl)
 fi
-ft_args=(--model "$OUT/model" --out "$OUT/finetune" "${data[@]}" --max-steps 40
+ft_args=(--model "$OUT/model" --out "$OUT/finetune" "${data[@]}" --max-steps "$FT_STEPS"
          --set data.seq_len=512 --set train.batch_size=4 --set optim.lr=1e-3)
 if [ -f "$OUT/finetune/summary.json" ]; then
   echo "fine-tuning already finished: $OUT/finetune (delete it to train again)"
