@@ -1,10 +1,10 @@
 """The project's own Llama implementation (model/) as a backend, on CPU or GPU, batched.
 
-`model.generate` decodes many rows at once with a static KV cache and gives row i of a prompt the
-seed `seed + i`, so a request's samples do not depend on what else shares its batch. One call takes
-one set of sampling parameters, so requests are grouped by them (seed included when sampling;
-greedy requests share a group whatever their seed) and each group is decoded `batch_size` rows at a
-time. A group's wall time is the latency of each of its requests.
+`model.generate` decodes many rows at once with a static KV cache and gives sample i of a prompt the
+seed `prompt seed + i`, so a request's samples do not depend on what else shares its batch. One call
+takes one set of sampling parameters and a seed per prompt, so requests are grouped by their sampling
+parameters only (the pipeline gives every request its own seed: those still share one batch) and each
+group is decoded `batch_size` rows at a time. A group's wall time is the latency of each of its requests.
 
 Prompts are encoded with BOS by `model.generate`; a literal leading "<s>" in the prompt text (the
 chat helpers write one) is dropped first so there is exactly one.
@@ -27,8 +27,8 @@ BOS_TEXT = "<s>"
 
 def sampling_group(request: GenerationRequest) -> tuple[Any, ...]:
     """Requests with equal keys can share one `model.generate` call."""
-    seed = request.seed if request.temperature > 0 else None  # greedy decoding ignores the seed
-    return (request.n, request.temperature, request.top_p, request.max_tokens, tuple(request.stop), seed)
+    seeded = request.seed is not None and request.temperature > 0  # greedy decoding ignores the seed
+    return (request.n, request.temperature, request.top_p, request.max_tokens, tuple(request.stop), seeded)
 
 
 def _torch_dtype(name: str) -> Any:
@@ -78,7 +78,7 @@ class TorchBackend:
                     top_p=first.top_p,
                     max_new_tokens=first.max_tokens,
                     stop=first.stop,
-                    seed=first.seed,
+                    seed=[requests[i].seed for i in indices] if sampling_group(first)[-1] else None,
                     max_batch_size=self.cfg.batch_size,
                 )
                 latency = time.perf_counter() - started

@@ -47,6 +47,19 @@ def test_a_requests_output_does_not_depend_on_its_batch(backend):
     assert [len(cs) for cs in together] == [2, 1, 2, 1]
 
 
+def test_requests_with_their_own_seeds_share_one_batch(backend, monkeypatch):
+    """The pipeline seeds every request differently; that must not force one model call per request."""
+    calls = []
+    real = backend._generate
+    monkeypatch.setattr(backend, "_generate", lambda *a, **kw: calls.append(kw["seed"]) or real(*a, **kw))
+    requests = [GenerationRequest(prompt=f"[INST] p{i} [/INST]", n=2, temperature=0.8, max_tokens=5, seed=100 + i)
+                for i in range(4)]
+    together = backend.generate(requests)
+    assert calls == [[100, 101, 102, 103]]
+    alone = [backend.generate([r])[0] for r in requests]
+    assert [[c.text for c in cs] for cs in together] == [[c.text for c in cs] for cs in alone]
+
+
 def test_a_literal_bos_in_the_prompt_is_not_doubled(backend):
     plain = GenerationRequest(prompt="[INST] hello [/INST]", max_tokens=5)
     with_bos = GenerationRequest(prompt="<s>[INST] hello [/INST]", max_tokens=5)

@@ -50,6 +50,17 @@ def test_batch_composition_does_not_change_results(loaded) -> None:
     assert [[s.token_ids for s in p] for p in chunked] == [[s.token_ids for s in p] for p in batched]
 
 
+def test_one_seed_per_prompt_equals_separate_calls(loaded) -> None:
+    model, tok = loaded
+    seeds = [11, 5, 11]
+    together = generate(model, tok, PROMPTS, n=2, temperature=1.0, seed=seeds, max_new_tokens=10)
+    for prompt, seed, samples in zip(PROMPTS, seeds, together):
+        alone = generate(model, tok, [prompt], n=2, temperature=1.0, seed=seed, max_new_tokens=10)[0]
+        assert [s.token_ids for s in samples] == [s.token_ids for s in alone]
+    with pytest.raises(UserError, match="one int per prompt"):
+        generate(model, tok, PROMPTS, temperature=1.0, seed=[1, 2], max_new_tokens=2)
+
+
 def test_seed_reproduces_and_samples_differ(loaded) -> None:
     model, tok = loaded
     first = generate(model, tok, ["def"], n=4, temperature=1.0, seed=3, max_new_tokens=16)[0]
