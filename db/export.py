@@ -30,6 +30,7 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,7 +42,7 @@ from pydantic_core import to_json
 
 from db.engine import env_url, make_engine, read_transaction, require_schema
 from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
-from model.chat import ChatFormatError, prompt_answer_text
+from model.chat import B_INST, BOS_TEXT, E_INST, EOS_TEXT, SPECIAL_TAGS, prompt_answer_text
 from selfinstruct.errors import UserError, cli_entry
 
 ExportFormat = Literal["jsonl", "chat"]
@@ -153,62 +154,95 @@ def _stage(model: str | None, params: str | None, seed: int | None) -> dict[str,
     return {"model": model, "params": _params(params), "seed": seed}
 
 
-def _candidates(f: ExportFilter, t: Any, p: Any, s: Any, e: Any, r: Any) -> list[sa.ColumnElement[bool]]:
+def _candidates(f: ExportFilter, t: Any, p: Any, s: Any, e: Any) -> list[sa.ColumnElement[bool]]:
     conds: list[sa.ColumnElement[bool]] = [
         p.c.id == t.c.problem_id,
         s.c.id == t.c.solution_id,
         e.c.solution_id == s.c.id,
-        r.c.id == t.c.run_id,
         e.c.outcome == "passed",
     ]
-    if f.runs:
-        conds.append(r.c.name.in_(list(f.runs)))
     if f.min_tests_passed:
         conds.append(e.c.tests_passed >= f.min_tests_passed)
+    return conds + _triple_filters(f, t)
+
+
+def _triple_filters(f: ExportFilter, t: Any) -> list[sa.ColumnElement[bool]]:
+    """The filters on the triples table alone (runs, selection date)."""
+    conds: list[sa.ColumnElement[bool]] = []
+    if f.runs:
+        runs = Run.__table__
+        conds.append(t.c.run_id.in_(sa.select(runs.c.id).where(runs.c.name.in_(list(f.runs)))))
     if f.since is not None:
         conds.append(t.c.created_at >= f.since)
     return conds
 
 
-def _tests_of(conn: sa.Connection, problem_ids: list[int]) -> dict[int, list[str]]:
-    """Every test of these problems, in index order. On the DB-API cursor: about five rows per
-    exported row, where SQLAlchemy's per-row result processing was a third of the export's time."""
-    quote = conn.dialect.identifier_preparer.quote
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"SELECT problem_id, code FROM {quote('tests')} WHERE problem_id IN ({', '.join([mark] * len(problem_ids))}) "
-        f"ORDER BY problem_id, {quote('index')}"
-    )
-    tests_of: dict[int, list[str]] = defaultdict(list)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, problem_ids)
-        for pid, code in cursor.fetchall():
-            tests_of[pid].append(code)
-    finally:
-        cursor.close()
-    return tests_of
+# Column positions in a page row (the order `_page_query` selects them in).
+(
+    _TRIPLE_ID,
+    _RUN_ID,
+    _PROBLEM_ID,
+    _PROBLEM,
+    _NORM_HASH,
+    _SOLUTION_ID,
+    _SOLUTION,
+    _SAMPLE_INDEX,
+    _RULE,
+    _DIGEST,
+    _PASSED,
+    _TOTAL,
+    _PCALL_ID,
+    _SHOWN_TEST_ID,
+    _T_MODEL,
+    _T_PARAMS,
+    _T_SEED,
+    _S_MODEL,
+    _S_PARAMS,
+    _S_SEED,
+) = range(20)
+
+CallInfo = tuple[str | None, str | None, int | None]  # model, params (JSON text), seed
+_NO_CALL: CallInfo = (None, None, None)
 
 
-def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Triplet]:
-    """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time."""
-    t, p, s, e, r = (m.__table__ for m in (Triple, Problem, Solution, Execution, Run))
-    shown, calls = Test.__table__.alias("shown"), LLMCall.__table__
-    pcall, tcall, scall = calls.alias("pcall"), calls.alias("tcall"), calls.alias("scall")
-    where = _candidates(f, t, p, s, e, r)
+@dataclass(slots=True)
+class Page:
+    """One keyset page of selected triples as raw DB-API rows (columns: the `_*` positions above), with
+    what the rows share looked up once per page: tests per problem, shown tests, the problem-stage LLM
+    calls (a problems call made about 50 problems) and run names."""
+
+    rows: list[tuple[Any, ...]]
+    run_names: dict[int, str]
+    tests: dict[int, list[str]]
+    test_code: dict[int, str]
+    problem_calls: dict[int, CallInfo]
+
+
+def _window_query(f: ExportFilter, page_rows: int) -> sa.Select:
+    """The last id of the next window of `page_rows` triples after `:last` (those of the runs and dates
+    asked for): an index range that bounds each page's work whatever the other filters drop."""
+    t = Triple.__table__
+    window = sa.select(t.c.id).where(t.c.id > sa.bindparam("last"), *_triple_filters(f, t))
+    return sa.select(sa.func.max(window.order_by(t.c.id).limit(page_rows).subquery().c.id))
+
+
+def _page_query(f: ExportFilter) -> sa.Select:
+    """The selected triples with ids in (`:last`, `:hi`], in id order: four primary-key/unique lookups and
+    the tests and solutions LLM calls per row; runs, shown tests and problem calls come per page
+    (`_read_page`)."""
+    t, p, s, e = (m.__table__ for m in (Triple, Problem, Solution, Execution))
+    calls = LLMCall.__table__
+    tcall, scall = calls.alias("tcall"), calls.alias("scall")
+    where = _candidates(f, t, p, s, e)
     if f.dedup:  # the earliest triple with this problem hash among the exported candidates wins
-        t2, p2, s2, e2, r2 = (x.alias(f"{x.name}_2") for x in (t, p, s, e, r))
+        t2, p2, s2, e2 = (x.alias(f"{x.name}_2") for x in (t, p, s, e))
         where.append(
-            ~sa.exists().where(*_candidates(f, t2, p2, s2, e2, r2), p2.c.norm_hash == p.c.norm_hash, t2.c.id < t.c.id)
+            ~sa.exists().where(*_candidates(f, t2, p2, s2, e2), p2.c.norm_hash == p.c.norm_hash, t2.c.id < t.c.id)
         )
-
-    def raw_json(col: sa.ColumnElement) -> sa.ColumnElement:
-        return sa.cast(col, sa.Text)  # decoded by _params, once per distinct value
-
-    page = (
+    return (
         sa.select(
             t.c.id,
-            r.c.name,
+            t.c.run_id,
             p.c.id,
             p.c.text,
             p.c.norm_hash,
@@ -216,83 +250,123 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
             s.c.code,
             s.c.sample_index,
             t.c.selection_rule,
-            shown.c.code,
             e.c.image_digest,
             e.c.tests_passed,
             e.c.tests_total,
-            pcall.c.model,
-            raw_json(pcall.c.params),
-            pcall.c.seed,
+            p.c.call_id,
+            s.c.shown_test_id,
             tcall.c.model,
-            raw_json(tcall.c.params),
+            sa.cast(tcall.c.params, sa.Text),  # raw JSON text: decoded once per distinct value
             tcall.c.seed,
             scall.c.model,
-            raw_json(scall.c.params),
+            sa.cast(scall.c.params, sa.Text),
             scall.c.seed,
         )
         .select_from(t)
         .join(p, p.c.id == t.c.problem_id)
         .join(s, s.c.id == t.c.solution_id)
         .join(e, e.c.solution_id == s.c.id)
-        .join(r, r.c.id == t.c.run_id)
-        .outerjoin(shown, shown.c.id == s.c.shown_test_id)
-        .outerjoin(pcall, pcall.c.id == p.c.call_id)
         .outerjoin(tcall, tcall.c.id == p.c.tests_call_id)
         .outerjoin(scall, scall.c.id == s.c.call_id)
-        .where(*where)
+        .where(*where, t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi"))
         .order_by(t.c.id)
-        .limit(page_rows)
     )
-    last = 0
+
+
+def _raw_rows(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """A plain-SQL query's rows as DB-API tuples: SQLAlchemy's per-row result processing cost about
+    as much as SQLite's own work here, and these columns (ints and text) need none."""
+    quote = conn.dialect.identifier_preparer.quote
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = sql.format(marks=", ".join([mark] * len(params)), index=quote("index"))
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, list(params))
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _read_page(conn: sa.Connection, query: sa.Select, last: int, hi: int, run_names: dict[int, str]) -> Page | None:
+    result = conn.execute(query, {"last": last, "hi": hi})
+    try:
+        rows = result.cursor.fetchall()  # type: ignore[union-attr]  # plain ints and text: no processing
+    finally:
+        result.close()
+    if not rows:
+        return None
+    tests: dict[int, list[str]] = defaultdict(list)
+    test_code: dict[int, str] = {}
+    problem_ids = list(dict.fromkeys(row[_PROBLEM_ID] for row in rows))
+    for pid, tid, code in _raw_rows(
+        conn, "SELECT problem_id, id, code FROM tests WHERE problem_id IN ({marks}) ORDER BY problem_id, {index}", problem_ids
+    ):
+        tests[pid].append(code)
+        test_code[tid] = code
+    # the shown test is one of the problem's own tests; look up any that is not (never in the pipeline)
+    if stray := {row[_SHOWN_TEST_ID] for row in rows} - test_code.keys() - {None}:
+        test_code.update(_raw_rows(conn, "SELECT id, code FROM tests WHERE id IN ({marks})", sorted(stray)))
+    call_ids = sorted({row[_PCALL_ID] for row in rows} - {None})
+    problem_calls: dict[int, CallInfo] = {}
+    if call_ids:
+        calls = LLMCall.__table__
+        for cid, *info in conn.execute(
+            sa.select(calls.c.id, calls.c.model, sa.cast(calls.c.params, sa.Text), calls.c.seed).where(
+                calls.c.id.in_(call_ids)
+            )
+        ):
+            problem_calls[cid] = tuple(info)  # type: ignore[assignment]
+    return Page(rows, run_names, tests, test_code, problem_calls)
+
+
+def iter_pages(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Page]:
+    """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time, all in
+    one read snapshot. Memory holds one page."""
+    window, query = _window_query(f, page_rows), _page_query(f)
+    runs = Run.__table__
     with read_transaction(engine) as conn:  # one snapshot for the whole export
-        while rows := conn.execute(page.where(t.c.id > last)).all():
-            last = rows[-1][0]
-            problem_ids = [row[2] for row in rows]
-            tests_of = _tests_of(conn, problem_ids)
-            for (
-                _,
-                run,
-                pid,
-                text,
-                norm_hash,
-                sid,
-                code,
-                sample_index,
-                rule,
-                shown_code,
-                digest,
-                passed,
-                total,
-                p_model,
-                p_params,
-                p_seed,
-                t_model,
-                t_params,
-                t_seed,
-                s_model,
-                s_params,
-                s_seed,
-            ) in rows:
-                yield Triplet(
-                    run=run,
-                    problem_id=pid,
-                    problem=text,
-                    norm_hash=norm_hash,
-                    solution_id=sid,
-                    solution=code,
-                    sample_index=sample_index,
-                    selection_rule=rule,
-                    tests=tests_of[pid],
-                    shown_test=shown_code,
-                    image_digest=digest,
-                    tests_passed=passed,
-                    tests_total=total,
-                    stages={
-                        "problems": _stage(p_model, p_params, p_seed),
-                        "tests": _stage(t_model, t_params, t_seed),
-                        "solutions": _stage(s_model, s_params, s_seed),
-                    },
-                )
+        if conn.dialect.name == "postgresql":
+            # A page is a few thousand primary-key lookups. Left to itself the planner hash-joins each
+            # page against whole tables (measured: a full scan of solutions per page, quadratic in the
+            # export); nested loops over the window's index range are what this query is.
+            for setting in ("enable_hashjoin", "enable_mergejoin"):
+                conn.exec_driver_sql(f"SET LOCAL {setting} = off")
+            conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+        run_names: dict[int, str] = {rid: name for rid, name in conn.execute(sa.select(runs.c.id, runs.c.name))}
+        last = 0
+        while (hi := conn.scalar(window, {"last": last})) is not None:
+            if page := _read_page(conn, query, last, hi, run_names):
+                yield page
+            last = hi
+
+
+def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Triplet]:
+    """The selected triples that pass `f` as `Triplet` records (the readable form of a page row: what
+    `jsonl_row` / `chat_row` take, and the reference the export's fast writers are tested against)."""
+    for page in iter_pages(engine, f, page_rows):
+        for row in page.rows:
+            pcall = _NO_CALL if row[_PCALL_ID] is None else page.problem_calls.get(row[_PCALL_ID], _NO_CALL)
+            shown = row[_SHOWN_TEST_ID]
+            yield Triplet(
+                run=page.run_names[row[_RUN_ID]],
+                problem_id=row[_PROBLEM_ID],
+                problem=row[_PROBLEM],
+                norm_hash=row[_NORM_HASH],
+                solution_id=row[_SOLUTION_ID],
+                solution=row[_SOLUTION],
+                sample_index=row[_SAMPLE_INDEX],
+                selection_rule=row[_RULE],
+                tests=page.tests[row[_PROBLEM_ID]],
+                shown_test=None if shown is None else page.test_code.get(shown),
+                image_digest=row[_DIGEST],
+                tests_passed=row[_PASSED],
+                tests_total=row[_TOTAL],
+                stages={
+                    "problems": _stage(*pcall),
+                    "tests": _stage(row[_T_MODEL], row[_T_PARAMS], row[_T_SEED]),
+                    "solutions": _stage(row[_S_MODEL], row[_S_PARAMS], row[_S_SEED]),
+                },
+            )
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -338,6 +412,84 @@ def chat_row(x: Triplet, answer_format: AnswerFormat = "python-tags") -> dict[st
     }
 
 
+# The export itself writes each page as JSON text built directly from the page rows: the same bytes
+# as `to_json(jsonl_row(x))` / `to_json(chat_row(x))` (a test compares every row of both), without a
+# Triplet, a dict and a serializer call per row. Strings go through the stdlib's C JSON string encoder,
+# which escapes exactly what pydantic-core does (", \\, control characters; UTF-8 kept as is); values
+# shared by many rows (sampling parameters) are serialized once by pydantic-core itself.
+
+_json_str = encode_basestring  # str -> JSON string literal, quotes included (C implementation)
+
+
+def _json_opt(value: str | None) -> str:
+    return "null" if value is None else _json_str(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _stage_head(model: str | None, params: str | None) -> str:
+    """'{"model":...,"params":...,"seed":' for one distinct (model, params) of LLM calls."""
+    return f'{{"model":{_json_opt(model)},"params":{to_json(_params(params)).decode()},"seed":'
+
+
+def _stage_json(model: str | None, params: str | None, seed: int | None) -> str:
+    return f"{_stage_head(model, params)}{'null' if seed is None else seed}}}"
+
+
+def _is_val(example_id: str, fraction: float) -> bool:
+    return fraction > 0 and int(example_id[:8], 16) / 2**32 < fraction  # == is_validation
+
+
+def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str]) -> int:
+    """Append each row of `page` as a `JsonlRow` line to `train` or `val`; returns rows skipped (none)."""
+    tests_json = {pid: f"[{','.join(map(_json_str, codes))}]" for pid, codes in page.tests.items()}
+    run_json = {rid: _json_str(name) for rid, name in page.run_names.items()}
+    problem_stage = {cid: _stage_json(*info) for cid, info in page.problem_calls.items()}
+    no_stage = _stage_json(*_NO_CALL)
+    test_code, sha256 = page.test_code, hashlib.sha256
+    for row in page.rows:
+        (_, rid, pid, problem, norm_hash, sid, code, sample_index, rule, digest, passed, total, pcall, shown,
+         t_model, t_params, t_seed, s_model, s_params, s_seed) = row  # fmt: skip
+        run = page.run_names[rid]
+        example_id = sha256(f"{run}\x00{norm_hash}\x00{code}".encode()).hexdigest()[:24]  # == row_id
+        line = (
+            f'{{"id":"{example_id}","problem":{_json_str(problem)},"tests":{tests_json.get(pid, "[]")},'
+            f'"solution":{_json_str(code)},"provenance":{{"run":{run_json[rid]},"problem_id":{pid},'
+            f'"solution_id":{sid},"sample_index":{sample_index},"selection_rule":{_json_str(rule)},'
+            f'"stages":{{"problems":{no_stage if pcall is None else problem_stage.get(pcall, no_stage)},'
+            f'"tests":{_stage_json(t_model, t_params, t_seed)},"solutions":{_stage_json(s_model, s_params, s_seed)}}},'
+            f'"shown_test":{_json_opt(None if shown is None else test_code.get(shown))},'
+            f'"image_digest":{_json_opt(digest)},"tests_passed":{passed},"tests_total":{total}}}}}\n'
+        )
+        (val if _is_val(example_id, split_val) else train).append(line)
+    return 0
+
+
+def _chat_lines(page: Page, split_val: float, train: list[str], val: list[str], answer_format: AnswerFormat) -> int:
+    """Append each row of `page` as a `ChatRow` line to `train` or `val`; returns the rows skipped
+    because the Llama 2 format cannot hold them (a control tag in the problem or the answer)."""
+    run_json = {rid: _json_str(name) for rid, name in page.run_names.items()}
+    tags, sha256, skipped = SPECIAL_TAGS, hashlib.sha256, 0
+    for row in page.rows:
+        problem, code = row[_PROBLEM], row[_SOLUTION]
+        answer = answer_text(code, answer_format)
+        if any(tag in problem or tag in answer for tag in tags):  # what prompt_answer_text refuses
+            skipped += 1
+            continue
+        rid = row[_RUN_ID]
+        run = page.run_names[rid]
+        example_id = sha256(f"{run}\x00{row[_NORM_HASH]}\x00{code}".encode()).hexdigest()[:24]  # == row_id
+        # == prompt_answer_text(problem, answer): the Llama 2 single-turn split at [/INST]
+        prompt_json = _json_str(f"{BOS_TEXT}{B_INST} {problem.strip()} {E_INST}")
+        answer_json = _json_str(f" {answer.strip()} {EOS_TEXT}")
+        line = (
+            f'{{"id":"{example_id}","messages":[{{"role":"user","content":{_json_str(problem)}}},'
+            f'{{"role":"assistant","content":{_json_str(answer)}}}],"text":{prompt_json[:-1]}{answer_json[1:]},'
+            f'"prompt":{prompt_json},"answer":{answer_json},"run":{run_json[rid]}}}\n'
+        )  # JSON string escaping is per character, so text == prompt + answer is the two literals joined
+        (val if _is_val(example_id, split_val) else train).append(line)
+    return skipped
+
+
 def val_path(out: Path) -> Path:
     """data/instruct.jsonl -> data/instruct.val.jsonl (a path without suffix gets ".val")."""
     return out.with_name(f"{out.stem}.val{out.suffix}") if out.suffix else out.with_name(out.name + ".val")
@@ -375,21 +527,20 @@ def export(
     stats = ExportStats(train_path=str(out), validation_path=str(paths[1]) if split_val > 0 else None)
     files = [open(p, "wb") for p in tmp]  # noqa: SIM115 - closed in finally
     try:
-        for x in iter_triples(engine, flt):
+        train: list[str] = []
+        val: list[str] = []
+        for page in iter_pages(engine, flt):
             if fmt == "chat":
-                try:
-                    row = chat_row(x, answer_format)
-                except ChatFormatError:
-                    stats.skipped_chat_format += 1
-                    continue
+                stats.skipped_chat_format += _chat_lines(page, split_val, train, val, answer_format)
             else:
-                row = jsonl_row(x)
-            val = is_validation(row["id"], split_val)
-            files[1 if val else 0].write(to_json(row) + b"\n")  # UTF-8 JSON, one row per line
-            if val:
-                stats.validation += 1
-            else:
-                stats.train += 1
+                _jsonl_lines(page, split_val, train, val)
+            for fh, lines in zip(files, (train, val)):  # one write per page and file
+                if lines:
+                    fh.write("".join(lines).encode())
+            stats.train += len(train)
+            stats.validation += len(val)
+            train.clear()
+            val.clear()
         for fh in files:
             fh.close()
         for src, dst in zip(tmp, paths, strict=True):

@@ -208,3 +208,76 @@ def test_export_without_split_removes_a_stale_validation_file(two_runs: sa.Engin
     stats = export(two_runs, out)
     assert not val_path(out).exists() and stats.removed_stale_validation == str(val_path(out))
     assert len(read_jsonl(out)) == stats.train == stats.rows
+
+
+# Every character class JSON escaping treats differently: quotes, backslash, the short escapes, other
+# control characters, DEL, non-ASCII (2-, 3- and 4-byte UTF-8), the line separators JavaScript cares about.
+TRICKY = 'say "hi" \\ back\tslash\nnew\rline\x01\x07\x1f\x7f é ü 中文 \u2028\u2029 \U0001f600 </script>'
+
+
+def _reference_lines(
+    engine: sa.Engine, fmt: str, split_val: float, answer_format: str = "python-tags"
+) -> tuple[bytes, bytes]:
+    """The export as the readable path defines it: one Triplet, one row dict, one to_json per row."""
+    from pydantic_core import to_json
+
+    from db.export import chat_row, jsonl_row
+    from model.chat import ChatFormatError
+
+    train, val = [], []
+    for x in iter_triples(engine, ExportFilter()):
+        try:
+            row = chat_row(x, answer_format) if fmt == "chat" else jsonl_row(x)  # type: ignore[arg-type]
+        except ChatFormatError:
+            continue
+        (val if is_validation(row["id"], split_val) else train).append(to_json(row) + b"\n")
+    return b"".join(train), b"".join(val)
+
+
+def test_export_bytes_equal_the_reference_rows(two_runs: sa.Engine, tmp_path: Path) -> None:
+    """The export writes JSON text straight from page rows; it must be byte for byte what serializing
+    each JsonlRow / ChatRow dict gives, tricky strings, missing calls, null seeds and digests included."""
+    from db.models import LLMCall, Solution
+
+    with two_runs.begin() as conn:
+        triples = conn.execute(sa.select(Triple.problem_id, Triple.solution_id).order_by(Triple.id).limit(4)).all()
+        (p0, s0), (p1, s1), (p2, s2), (p3, _) = triples
+        conn.execute(sa.update(Problem).where(Problem.id == p0).values(text=f"  {TRICKY}\n"))
+        conn.execute(sa.update(Solution).where(Solution.id == s0).values(code=f"def f(x):\n    return {TRICKY!r}\n"))
+        conn.execute(sa.update(Solution).where(Solution.id == s1).values(call_id=None, shown_test_id=None))
+        conn.execute(sa.update(Problem).where(Problem.id == p1).values(call_id=None, tests_call_id=None))
+        conn.execute(sa.update(Execution).where(Execution.solution_id == s2).values(image_digest=None))
+        call = conn.scalar(sa.select(Solution.call_id).where(Solution.id == s2))
+        conn.execute(sa.update(LLMCall).where(LLMCall.id == call).values(seed=None, params={"t": 1e-5, "x": [1.5, "é"]}))
+        conn.execute(sa.update(Problem).where(Problem.id == p3).values(text="no [INST] tags allowed"))
+    for fmt, answer_format in (("jsonl", "python-tags"), ("chat", "python-tags"), ("chat", "plain")):
+        out = tmp_path / f"{fmt}-{answer_format}.jsonl"
+        stats = export(two_runs, out, fmt=fmt, split_val=0.3, answer_format=answer_format)  # type: ignore[arg-type]
+        train, val = _reference_lines(two_runs, fmt, 0.3, answer_format)
+        assert out.read_bytes() == train and val_path(out).read_bytes() == val
+        assert stats.train == train.count(b"\n") and stats.validation == val.count(b"\n") > 0
+        assert stats.skipped_chat_format == (1 if fmt == "chat" else 0)
+    # split on "\n" only: U+2028 is a line break to str.splitlines, and JSON leaves it unescaped
+    jsonl = tmp_path / "jsonl-python-tags.jsonl"
+    lines = [*jsonl.read_bytes().split(b"\n"), *val_path(jsonl).read_bytes().split(b"\n")]
+    rows = [json.loads(line) for line in lines if line]
+    assert any(r["problem"] == f"  {TRICKY}\n" for r in rows)
+    assert any(r["provenance"]["stages"]["solutions"] == {"model": None, "params": None, "seed": None} for r in rows)
+
+
+def test_windows_skip_filtered_rows_and_keep_order(two_runs: sa.Engine) -> None:
+    """Pages are windows of triple ids: a window whose rows all fail a filter yields nothing, the next
+    ones go on, and the rows come out in triple id order exactly once."""
+    everything = [x.solution_id for x in iter_triples(two_runs, ExportFilter())]
+    b_only = [x.solution_id for x in iter_triples(two_runs, ExportFilter(runs=["run-b"]), page_rows=2)]
+    with two_runs.connect() as conn:
+        expected = conn.scalars(
+            sa.select(Triple.solution_id)
+            .where(Triple.run_id == queries.get_run_id(two_runs, "run-b"))
+            .order_by(Triple.id)
+        ).all()
+    assert b_only == list(expected) and set(b_only) < set(everything)
+    with two_runs.begin() as conn:  # fail every execution of the first three triples
+        first = conn.scalars(sa.select(Triple.solution_id).order_by(Triple.id).limit(3)).all()
+        conn.execute(sa.update(Execution).where(Execution.solution_id.in_(first)).values(outcome="failed"))
+    assert [x.solution_id for x in iter_triples(two_runs, ExportFilter(), page_rows=3)] == everything[3:]
