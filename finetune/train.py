@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,33 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Ste
     return loss_total, grad_norm
 
 
+class _LineProgress:
+    """Progress for logs (stderr not a terminal): one plain line every tenth of the run, no carriage returns."""
+
+    def __init__(self, total: int, initial: int) -> None:
+        self.total, self.n, self.every = total, initial, max(1, total // 10)
+        self.postfix: dict[str, str] = {}
+        self.started = time.perf_counter()
+
+    def update(self, steps: int) -> None:
+        self.n += steps
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix.update(values)
+        if self.n % self.every == 0 or self.n == self.total:
+            fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+            print(f"finetune: step {self.n}/{self.total} {fields} ({time.perf_counter() - self.started:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, initial)
     return tqdm(total=total, initial=initial, disable=not enabled, desc="finetune", unit="step", dynamic_ncols=True)
 
 
