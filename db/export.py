@@ -9,9 +9,14 @@ renamed when complete, so a failed export never leaves half a dataset behind; an
 hash of (run, problem hash, solution): stable across exports, and the split is a stable hash of the
 id, so a row never moves between train and validation when more runs are added.
 
-Rows are read in keyset pages of triples (two queries per page, whatever the page holds), so
-memory stays flat however many rows there are. --dedup keeps, for each problem hash, only the
-earliest selected triple among the runs exported (done in SQL, so it too needs no memory).
+Rows are read in pages, each a window of the next 2,000 triple ids (an index range, so every page
+costs the same however far into the export it is, on SQLite and PostgreSQL alike), in one read
+snapshot: memory stays flat however many rows there are. Per page: one joined query for the rows,
+one for the problems' tests, one for the problem-stage LLM calls (chat rows need neither). Each page
+is written as JSON text built directly from those rows, in one write per file; the row schemas below,
+serialized one dict at a time (`jsonl_row` / `chat_row`), are the definition it is tested against byte
+for byte. --dedup keeps, for each problem hash, only the earliest selected triple among the runs
+exported (done in SQL, so it too needs no memory).
 
 `jsonl` rows: id, problem, tests (every assert), solution, provenance (run, models / sampling
 parameters / seeds per stage, shown test, sandbox image digest, tests passed, sample index, ...).
@@ -30,9 +35,9 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,10 +231,10 @@ def _window_query(f: ExportFilter, page_rows: int) -> sa.Select:
     return sa.select(sa.func.max(window.order_by(t.c.id).limit(page_rows).subquery().c.id))
 
 
-def _page_query(f: ExportFilter) -> sa.Select:
+def _page_query(f: ExportFilter, provenance: bool = True) -> sa.Select:
     """The selected triples with ids in (`:last`, `:hi`], in id order: four primary-key/unique lookups and
     the tests and solutions LLM calls per row; runs, shown tests and problem calls come per page
-    (`_read_page`)."""
+    (`_read_page`). Without `provenance` (chat rows) only the columns up to `_SOLUTION`: no LLM calls."""
     t, p, s, e = (m.__table__ for m in (Triple, Problem, Solution, Execution))
     calls = LLMCall.__table__
     tcall, scall = calls.alias("tcall"), calls.alias("scall")
@@ -239,15 +244,12 @@ def _page_query(f: ExportFilter) -> sa.Select:
         where.append(
             ~sa.exists().where(*_candidates(f, t2, p2, s2, e2), p2.c.norm_hash == p.c.norm_hash, t2.c.id < t.c.id)
         )
-    return (
-        sa.select(
-            t.c.id,
-            t.c.run_id,
-            p.c.id,
-            p.c.text,
-            p.c.norm_hash,
-            s.c.id,
-            s.c.code,
+    columns = [t.c.id, t.c.run_id, p.c.id, p.c.text, p.c.norm_hash, s.c.id, s.c.code]
+    if not provenance:
+        query = sa.select(*columns).select_from(t).join(p, p.c.id == t.c.problem_id)
+        query = query.join(s, s.c.id == t.c.solution_id).join(e, e.c.solution_id == s.c.id)
+    else:
+        columns += [
             s.c.sample_index,
             t.c.selection_rule,
             e.c.image_digest,
@@ -261,51 +263,63 @@ def _page_query(f: ExportFilter) -> sa.Select:
             scall.c.model,
             sa.cast(scall.c.params, sa.Text),
             scall.c.seed,
+        ]
+        query = (
+            sa.select(*columns)
+            .select_from(t)
+            .join(p, p.c.id == t.c.problem_id)
+            .join(s, s.c.id == t.c.solution_id)
+            .join(e, e.c.solution_id == s.c.id)
+            .outerjoin(tcall, tcall.c.id == p.c.tests_call_id)
+            .outerjoin(scall, scall.c.id == s.c.call_id)
         )
+    return query.where(*where, t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi")).order_by(t.c.id)
+
+
+def _tests_query(f: ExportFilter) -> sa.Select:
+    """Every test of the problems of the triples in (`:last`, `:hi`] (a superset of a page's rows: no
+    list of ids to bind), each problem's in index order."""
+    t, tests = Triple.__table__, Test.__table__
+    return (
+        sa.select(tests.c.problem_id, tests.c.id, tests.c.code)
         .select_from(t)
-        .join(p, p.c.id == t.c.problem_id)
-        .join(s, s.c.id == t.c.solution_id)
-        .join(e, e.c.solution_id == s.c.id)
-        .outerjoin(tcall, tcall.c.id == p.c.tests_call_id)
-        .outerjoin(scall, scall.c.id == s.c.call_id)
-        .where(*where, t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi"))
-        .order_by(t.c.id)
+        .join(tests, tests.c.problem_id == t.c.problem_id)
+        .where(t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi"), *_triple_filters(f, t))
+        .order_by(t.c.id, tests.c.index)
     )
 
 
-def _raw_rows(conn: sa.Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """A plain-SQL query's rows as DB-API tuples: SQLAlchemy's per-row result processing cost about
-    as much as SQLite's own work here, and these columns (ints and text) need none."""
-    quote = conn.dialect.identifier_preparer.quote
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = sql.format(marks=", ".join([mark] * len(params)), index=quote("index"))
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+def _fetch(conn: sa.Connection, query: sa.Select, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """A query's rows as DB-API tuples: SQLAlchemy's per-row result processing cost about as much as
+    SQLite's own work here, and these columns (ints and text) need none."""
+    result = conn.execute(query, params)
     try:
-        cursor.execute(sql, list(params))
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-def _read_page(conn: sa.Connection, query: sa.Select, last: int, hi: int, run_names: dict[int, str]) -> Page | None:
-    result = conn.execute(query, {"last": last, "hi": hi})
-    try:
-        rows = result.cursor.fetchall()  # type: ignore[union-attr]  # plain ints and text: no processing
+        return result.cursor.fetchall()  # type: ignore[union-attr]
     finally:
         result.close()
-    if not rows:
+
+
+def _read_page(
+    conn: sa.Connection, query: sa.Select, tests_query: sa.Select | None, last: int, hi: int, run_names: dict[int, str]
+) -> Page | None:
+    """The page of triple ids (`last`, `hi`]; None when no triple there passes the filters. Without
+    `tests_query` (chat rows) the page has no tests and no calls."""
+    window = {"last": last, "hi": hi}
+    if not (rows := _fetch(conn, query, window)):
         return None
+    if tests_query is None:
+        return Page(rows, run_names, {}, {}, {})
     tests: dict[int, list[str]] = defaultdict(list)
     test_code: dict[int, str] = {}
-    problem_ids = list(dict.fromkeys(row[_PROBLEM_ID] for row in rows))
-    for pid, tid, code in _raw_rows(
-        conn, "SELECT problem_id, id, code FROM tests WHERE problem_id IN ({marks}) ORDER BY problem_id, {index}", problem_ids
-    ):
+    for pid, tid, code in _fetch(conn, tests_query, window):
         tests[pid].append(code)
         test_code[tid] = code
     # the shown test is one of the problem's own tests; look up any that is not (never in the pipeline)
     if stray := {row[_SHOWN_TEST_ID] for row in rows} - test_code.keys() - {None}:
-        test_code.update(_raw_rows(conn, "SELECT id, code FROM tests WHERE id IN ({marks})", sorted(stray)))
+        shown = Test.__table__
+        test_code.update(
+            conn.execute(sa.select(shown.c.id, shown.c.code).where(shown.c.id.in_(sorted(stray)))).tuples()
+        )
     call_ids = sorted({row[_PCALL_ID] for row in rows} - {None})
     problem_calls: dict[int, CallInfo] = {}
     if call_ids:
@@ -319,10 +333,14 @@ def _read_page(conn: sa.Connection, query: sa.Select, last: int, hi: int, run_na
     return Page(rows, run_names, tests, test_code, problem_calls)
 
 
-def iter_pages(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Page]:
+def iter_pages(
+    engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS, *, provenance: bool = True
+) -> Iterator[Page]:
     """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time, all in
-    one read snapshot. Memory holds one page."""
-    window, query = _window_query(f, page_rows), _page_query(f)
+    one read snapshot. Memory holds one page. Without `provenance` the rows stop at `_SOLUTION` and the
+    page has no tests or calls (what chat rows need)."""
+    window, query = _window_query(f, page_rows), _page_query(f, provenance)
+    tests_query = _tests_query(f) if provenance else None
     runs = Run.__table__
     with read_transaction(engine) as conn:  # one snapshot for the whole export
         if conn.dialect.name == "postgresql":
@@ -335,7 +353,7 @@ def iter_pages(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -
         run_names: dict[int, str] = {rid: name for rid, name in conn.execute(sa.select(runs.c.id, runs.c.name))}
         last = 0
         while (hi := conn.scalar(window, {"last": last})) is not None:
-            if page := _read_page(conn, query, last, hi, run_names):
+            if page := _read_page(conn, query, tests_query, last, hi, run_names):
                 yield page
             last = hi
 
@@ -370,8 +388,9 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
 
 
 # --- writing ---------------------------------------------------------------------------------------
-# Rows are built as plain dicts and serialized by pydantic-core (about 2.5x faster than validating
-# a model per row); JsonlRow / ChatRow above are their schema, which the tests check every row against.
+# The readable definition of a row: a dict per Triplet, serialized by pydantic-core (JsonlRow / ChatRow
+# above are their schema, which the tests check every row against). `export` writes the same bytes
+# faster (below).
 
 
 def jsonl_row(x: Triplet) -> dict[str, Any]:
@@ -529,7 +548,7 @@ def export(
     try:
         train: list[str] = []
         val: list[str] = []
-        for page in iter_pages(engine, flt):
+        for page in iter_pages(engine, flt, provenance=fmt == "jsonl"):
             if fmt == "chat":
                 stats.skipped_chat_format += _chat_lines(page, split_val, train, val, answer_format)
             else:

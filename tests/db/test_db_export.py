@@ -241,14 +241,16 @@ def test_export_bytes_equal_the_reference_rows(two_runs: sa.Engine, tmp_path: Pa
 
     with two_runs.begin() as conn:
         triples = conn.execute(sa.select(Triple.problem_id, Triple.solution_id).order_by(Triple.id).limit(4)).all()
-        (p0, s0), (p1, s1), (p2, s2), (p3, _) = triples
+        (p0, s0), (p1, s1), (_, s2), (p3, _) = triples
         conn.execute(sa.update(Problem).where(Problem.id == p0).values(text=f"  {TRICKY}\n"))
         conn.execute(sa.update(Solution).where(Solution.id == s0).values(code=f"def f(x):\n    return {TRICKY!r}\n"))
         conn.execute(sa.update(Solution).where(Solution.id == s1).values(call_id=None, shown_test_id=None))
         conn.execute(sa.update(Problem).where(Problem.id == p1).values(call_id=None, tests_call_id=None))
         conn.execute(sa.update(Execution).where(Execution.solution_id == s2).values(image_digest=None))
         call = conn.scalar(sa.select(Solution.call_id).where(Solution.id == s2))
-        conn.execute(sa.update(LLMCall).where(LLMCall.id == call).values(seed=None, params={"t": 1e-5, "x": [1.5, "é"]}))
+        conn.execute(
+            sa.update(LLMCall).where(LLMCall.id == call).values(seed=None, params={"t": 1e-5, "x": [1.5, "é"]})
+        )
         conn.execute(sa.update(Problem).where(Problem.id == p3).values(text="no [INST] tags allowed"))
     for fmt, answer_format in (("jsonl", "python-tags"), ("chat", "python-tags"), ("chat", "plain")):
         out = tmp_path / f"{fmt}-{answer_format}.jsonl"
