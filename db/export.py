@@ -464,22 +464,30 @@ def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str])
     run_json = {rid: _json_str(name) for rid, name in page.run_names.items()}
     problem_stage = {cid: _stage_json(*info) for cid, info in page.problem_calls.items()}
     no_stage = _stage_json(*_NO_CALL)
-    test_code, sha256 = page.test_code, hashlib.sha256
+    stages: dict[CallInfo, str] = {}  # this page's distinct (model, params, seed) as JSON
+    shown_json = {tid: _json_str(code) for tid, code in page.test_code.items()}
+    val_below = split_val * 2**32  # is_validation: the id's first 32 bits / 2**32 < split_val, exactly
+    sha256 = hashlib.sha256
     for row in page.rows:
         (_, rid, pid, problem, norm_hash, sid, code, sample_index, rule, digest, passed, total, pcall, shown,
          t_model, t_params, t_seed, s_model, s_params, s_seed) = row  # fmt: skip
         run = page.run_names[rid]
         example_id = sha256(f"{run}\x00{norm_hash}\x00{code}".encode()).hexdigest()[:24]  # == row_id
+        t_call, s_call = (t_model, t_params, t_seed), (s_model, s_params, s_seed)
+        if (t_stage := stages.get(t_call)) is None:
+            t_stage = stages[t_call] = _stage_json(*t_call)
+        if (s_stage := stages.get(s_call)) is None:
+            s_stage = stages[s_call] = _stage_json(*s_call)
         line = (
             f'{{"id":"{example_id}","problem":{_json_str(problem)},"tests":{tests_json.get(pid, "[]")},'
             f'"solution":{_json_str(code)},"provenance":{{"run":{run_json[rid]},"problem_id":{pid},'
             f'"solution_id":{sid},"sample_index":{sample_index},"selection_rule":{_json_str(rule)},'
             f'"stages":{{"problems":{no_stage if pcall is None else problem_stage.get(pcall, no_stage)},'
-            f'"tests":{_stage_json(t_model, t_params, t_seed)},"solutions":{_stage_json(s_model, s_params, s_seed)}}},'
-            f'"shown_test":{_json_opt(None if shown is None else test_code.get(shown))},'
-            f'"image_digest":{_json_opt(digest)},"tests_passed":{passed},"tests_total":{total}}}}}\n'
+            f'"tests":{t_stage},"solutions":{s_stage}}},"shown_test":{shown_json.get(shown, "null")},'
+            f'"image_digest":{"null" if digest is None else _json_str(digest)},"tests_passed":{passed},'
+            f'"tests_total":{total}}}}}\n'
         )
-        (val if _is_val(example_id, split_val) else train).append(line)
+        (val if int(example_id[:8], 16) < val_below else train).append(line)
     return 0
 
 
