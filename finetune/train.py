@@ -116,25 +116,35 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, data: Ste
 
 
 class _LineProgress:
-    """Progress for logs (stderr not a terminal): one plain line every tenth of the run, no carriage returns."""
+    """Progress for logs (stderr not a terminal): one plain line every tenth of the run, no carriage returns.
+
+    A step's line is written when the next step starts (or at the end), so it carries everything
+    reported for that step: its loss and, on evaluation steps, the fresh validation loss.
+    """
 
     def __init__(self, total: int, initial: int) -> None:
         self.total, self.n, self.every = total, initial, max(1, total // 10)
         self.postfix: dict[str, str] = {}
+        self.pending = False
         self.started = time.perf_counter()
 
     def update(self, steps: int) -> None:
+        self._flush()
         self.n += steps
+        self.pending = self.n % self.every == 0 or self.n == self.total
 
     def set_postfix(self, **values: str) -> None:
         self.postfix.update(values)
-        if self.n % self.every == 0 or self.n == self.total:
+
+    def close(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
             fields = " ".join(f"{k}={v}" for k, v in self.postfix.items())
             print(f"finetune: step {self.n}/{self.total} {fields} ({time.perf_counter() - self.started:.0f} s)",
                   file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
+            self.pending = False
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -35,7 +35,8 @@ say "3/5 the self-instruct pipeline (generator/configs/quickstart.yaml; rerun re
 $SI generate --config generator/configs/quickstart.yaml "$@"
 
 say "4/5 export and instruct fine-tuning"
-$SI export --db "$DB" --run quickstart --format chat --out "$OUT/export/train.jsonl" --split-val 0.1
+# every run in the quickstart's database, so `--set run=NAME` (a new recipe) is exported too
+$SI export --db "$DB" --format chat --out "$OUT/export/train.jsonl" --split-val 0.1
 triples=$(cat "$OUT"/export/train*.jsonl 2>/dev/null | wc -l)
 data=()
 [ -s "$OUT/export/train.jsonl" ] && data+=(--data "$OUT/export/train.jsonl")
@@ -45,7 +46,8 @@ if [ "$triples" -lt 20 ]; then
   data+=(--data finetune/data/seed_instruct.jsonl)
 fi
 ft_args=(--model "$OUT/model" --out "$OUT/finetune" "${data[@]}" --max-steps "$FT_STEPS"
-         --set data.seq_len=512 --set train.batch_size=4 --set optim.lr=1e-3)
+         --set data.seq_len=512 --set train.batch_size=4 --set optim.lr=1e-3
+         --set train.log_every=2 --set train.eval_every=10)
 if [ -f "$OUT/finetune/summary.json" ]; then
   echo "fine-tuning already finished: $OUT/finetune (delete it to train again)"
 else
@@ -56,7 +58,7 @@ fi
 say "5/5 where things are"
 cat <<INFO
   database        $OUT/selfinstruct.db          (selfinstruct db stats --db $DB)
-  funnel plot     $OUT/quickstart-funnel.png
+  funnel plot     $(ls "$OUT"/*-funnel.png | tr '\n' ' ')
   export          $OUT/export/train.jsonl (+ train.val.jsonl)
   fine-tuned      $OUT/finetune/hf  (Hugging Face format; metrics.jsonl, loss.png beside it)
   wall time       $(( $(date +%s) - start )) s
