@@ -8,6 +8,8 @@ Package-specific fixtures live in tests/<package>/conftest.py.
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,3 +52,22 @@ def pg_url() -> str:
     except Exception as exc:  # noqa: BLE001
         missing_service(f"PostgreSQL at {url} does not answer: {exc}")
     return url
+
+
+@pytest.fixture
+def pg_schema_url(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test.
+
+    Every package's tests share one server, so each test gets its own schema: runs never collide.
+    """
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in pg_url else "?"
+    yield f"{pg_url}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()

@@ -1,13 +1,11 @@
 """Database fixtures: every test gets a fresh database, SQLite or a private PostgreSQL schema.
 
-PostgreSQL tests share one server with the other packages' tests, so each gets its own schema
-(search_path in the URL) that is dropped afterwards: runs never collide.
+PostgreSQL tests use `pg_schema_url` (tests/conftest.py): a private schema per test on the shared server.
 """
 
 from __future__ import annotations
 
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,20 +18,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # db_workload, db_writer
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'pipeline.db'}"
-
-
-@pytest.fixture
-def pg_schema_url(pg_url: str) -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in pg_url else "?"
-    yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
