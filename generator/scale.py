@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import ray
 
@@ -134,7 +134,30 @@ def default_llm_replicas(cfg: BackendConfig) -> int:
     return 1
 
 
-class LLMPool:
+class _RayPool:
+    """What both pools share over their `ActorPool`: its actors, its stats, closing, and `with`."""
+
+    _pool: ActorPool
+
+    @property
+    def actors(self) -> list[ray.actor.ActorHandle]:
+        return self._pool.actors
+
+    @property
+    def stats(self) -> PoolStats:
+        return self._pool.stats
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LLMPool(_RayPool):
     """`generate(requests)` over Ray actors, each holding `make_backend(cfg)`; same contract as a Backend."""
 
     def __init__(
@@ -167,14 +190,6 @@ class LLMPool:
     def replicas(self) -> int:
         return self._pool.size
 
-    @property
-    def actors(self) -> list[ray.actor.ActorHandle]:
-        return self._pool.actors
-
-    @property
-    def stats(self) -> PoolStats:
-        return self._pool.stats
-
     def generate(self, requests: list[GenerationRequest]) -> list[list[Completion]]:
         chunk_size = self.chunk_size
         if chunk_size is None and isinstance(self.cfg, VLLMBackendConfig) and requests:
@@ -182,24 +197,13 @@ class LLMPool:
             chunk_size = math.ceil(len(requests) / self.replicas)
         try:
             return self._pool.map(requests, chunk_size)
-        except BackendError:
-            raise
-        except UserError:
+        except (BackendError, UserError):
             raise
         except Exception as exc:  # an actor lost too often, or an unexpected error inside one
             raise BackendError(" ".join(str(exc).split())[:400]) from exc
 
-    def close(self) -> None:
-        self._pool.close()
 
-    def __enter__(self) -> LLMPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class SandboxPool:
+class SandboxPool(_RayPool):
     """`run(jobs)` over sandbox actors on nodes that have Docker; same contract as an entered Sandbox."""
 
     def __init__(
@@ -243,22 +247,6 @@ class SandboxPool:
             )
         self.image_digest: str | None = digests.pop()
 
-    @property
-    def actors(self) -> list[ray.actor.ActorHandle]:
-        return self._pool.actors
-
-    @property
-    def stats(self) -> PoolStats:
-        return self._pool.stats
-
     def run(self, jobs: Sequence[Job]) -> list[Result]:
         return self._pool.map(list(jobs), self.chunk_size)
 
-    def close(self) -> None:
-        self._pool.close()
-
-    def __enter__(self) -> SandboxPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
