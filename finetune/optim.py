@@ -19,7 +19,13 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the model's parameters (works on FSDP2's sharded DTensor parameters as well)."""
-    fused = all(p.is_cuda for p in model.parameters()) or None
+    """AdamW over the model's parameters (works on FSDP2's sharded DTensor parameters as well).
+
+    The fused kernel (one pass over parameters, gradients and both moments) on CUDA and on CPU, where it is
+    6x the default multi-tensor one (58M fp32 parameters, 2 threads: 30 vs 186 ms per step); it is also
+    transformers' Trainer default (`adamw_torch_fused`).
+    """
+    devices = {p.device.type for p in model.parameters()}
+    fused = (len(devices) == 1 and devices <= {"cuda", "cpu"}) or None
     return torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
                              eps=config.eps, fused=fused)

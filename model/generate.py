@@ -56,7 +56,7 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompts: Sequence[str | S
         if min(ids) < 0 or max(ids) >= model.args.vocab_size:
             raise UserError(f"prompt {i} has token ids outside the vocabulary [0, {model.args.vocab_size})")
     if model.output.weight.device.type == "cpu":
-        model.use_column_major_weights()  # MKL's fast matrix-vector layout; values unchanged
+        model.pack_for_inference()  # oneDNN's blocked weight layout for decode; values unchanged
     if seed is None or isinstance(seed, int):
         prompt_seeds: list[int | None] = [seed] * len(encoded)
     else:

@@ -160,21 +160,23 @@ def test_cli_init_convert_info(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().err.strip().endswith("missing: checkpoint not found")
 
 
-def test_column_major_weights_keep_values_and_save_identically(tmp_path: Path) -> None:
+def test_inference_packs_keep_values_and_save_identically(tmp_path: Path) -> None:
     model = _random_model().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tokens = torch.randint(0, 512, (1, 16))
     with torch.no_grad():
         expected = model(tokens)
-        model.use_column_major_weights().use_column_major_weights()  # idempotent
-        assert model.output.weight.stride() == (1, 512) and model.output.weight.shape == (512, 64)
-        assert model.layers[0].feed_forward.w2.weight.is_contiguous()  # narrow output: stays row-major
+        model.pack_for_inference().pack_for_inference()  # idempotent
+        assert all(layer._pack is not None for layer in (model.output, model.layers[0].feed_forward.w2))
         torch.testing.assert_close(model(tokens), expected, atol=1e-5, rtol=0)
+    assert model.state_dict().keys() == before.keys()
     save_hf(model, tmp_path / "hf")
     save_meta(model, tmp_path / "meta")
     for path in (tmp_path / "hf", tmp_path / "meta"):
         _, loaded = load_state_dict(path)
         assert all(torch.equal(loaded[k], before[k]) for k in before)
+    model.train()
+    assert model.output._pack is None  # training drops the copies
 
 
 def test_info_reads_headers_only_and_still_checks_shapes(tmp_path: Path, tiny_dir: Path,
