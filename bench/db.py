@@ -8,11 +8,12 @@ A whole synthetic run goes through the real stage queries, batch by batch as the
 (pending_* then record_*, one transaction per batch): problem calls of 50 questions (recorded
 --batch/50 calls per transaction), 5 tests per
 problem, n=10 solutions (each with its LLM-call row), one execution per solution, selection, then a
-JSONL export. The baseline inserts a sample of the same rows with one `session.add` + `commit` per row
-(the naive ORM way) on the same tuned engine (WAL, synchronous=NORMAL), and on SQLite also on an
-engine as `sa.create_engine` leaves it (an fsync per commit); ratios are rows/s of the batched path
-over rows/s of the baseline, per table. Wall-clock and CPU-time ratios are both reported: the
-machine this runs on is shared.
+JSONL export. The baseline writes a sample of the same rows, one `session.add` + `commit` per row (the
+naive ORM way): problems with their problem-writing call rows, solutions each with its LLM-call row
+(the stage writes both, so the baseline does too), executions; on the same tuned engine (WAL,
+synchronous=NORMAL), and on SQLite also on an engine as `sa.create_engine` leaves it (an fsync per
+commit). Ratios are items/s (problems, solutions, executions) of the batched path over the baseline's,
+per table. Wall-clock and CPU-time ratios are both reported: the machine this runs on may be shared.
 Prints ONE JSON line.
 """
 
@@ -28,6 +29,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,7 +37,7 @@ import sqlalchemy as sa  # noqa: E402
 
 from db import queries as q  # noqa: E402
 from db.engine import init_db, make_engine, session  # noqa: E402
-from db.models import Execution, Problem, Solution  # noqa: E402
+from db.models import Execution, LLMCall, Problem, Solution  # noqa: E402
 from db.records import (  # noqa: E402
     LLMCallRecord,
     NewProblem,
@@ -169,36 +171,45 @@ def bulk_run(
     return t, rec
 
 
+def _orm_call(run_id: int, stage: str, key: str, i: int, completion: str) -> LLMCall:
+    c = _call(key, i, completion)
+    return LLMCall(run_id=run_id, stage=stage, item_key=key, sample_index=i, model=c.model, prompt=c.prompt,
+                   completion=c.completion, params=c.params, seed=c.seed, prompt_tokens=c.prompt_tokens,
+                   completion_tokens=c.completion_tokens, latency_s=c.latency_s, finish_reason=c.finish_reason)
+
+
+def _add_commit(engine: sa.Engine, row: Any) -> Any:
+    with session(engine) as s:
+        s.add(row)
+        s.flush()
+        return row.id
+
+
 def per_row_baseline(engine: sa.Engine, rows: int) -> dict[str, float]:
-    """One ORM add + commit per row (rows/s per table, wall and CPU time), on the same database."""
+    """The same rows the stage queries write, one ORM add + commit per row, on the same database:
+    problems with one problem-writing call row per 50, solutions each with its LLM-call row (two rows,
+    two commits, as the stage writes two rows per sample), executions. Rates are problems, solutions
+    and executions per second (wall and CPU time), so they compare one to one with the batched path's."""
     run_id = q.start_run(engine, f"baseline-{uuid.uuid4().hex[:6]}", {}, "fp", "bench")
     out: dict[str, float] = {}
     ids: list[int] = []
     start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(rows):
+    call_id = None
+    for i in range(rows):
+        if i % PER_CALL == 0:
+            call_id = _add_commit(engine, _orm_call(run_id, "problems", problem_call_key(i // PER_CALL), 0, "1. ..."))
         text = f"baseline problem {uuid.uuid4().hex}"
-        with session(engine) as s:
-            p = Problem(
-                run_id=run_id,
-                text=text,
-                norm_hash=text_hash(text),
-                status="accepted",
-                tests_status="pending",
-                solutions_status="pending",
-            )
-            s.add(p)
-            s.flush()
-            ids.append(p.id)
+        ids.append(_add_commit(engine, Problem(run_id=run_id, call_id=call_id, text=text, norm_hash=text_hash(text),
+                                               status="accepted", tests_status="pending", solutions_status="pending")))
     out["problems_rows_s"] = rows / (time.perf_counter() - start)
     out["problems_rows_cpu_s"] = rows / (time.process_time() - cpu)
     sol_ids: list[int] = []
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(rows):
-        with session(engine) as s:
-            sol = Solution(problem_id=ids[i // 10], sample_index=i % 10, code=_code(i, 0), parse_status="ok")
-            s.add(sol)
-            s.flush()
-            sol_ids.append(sol.id)
+        pid, index = ids[i // 10], i % 10
+        sol_call = _add_commit(engine, _orm_call(run_id, "solutions", f"p{pid}", index, "[PYTHON]..."))
+        sol_ids.append(_add_commit(engine, Solution(problem_id=pid, sample_index=index, call_id=sol_call,
+                                                    code=_code(i, 0), parse_status="ok")))
     out["solutions_rows_s"] = rows / (time.perf_counter() - start)
     out["solutions_rows_cpu_s"] = rows / (time.process_time() - cpu)
     start, cpu = time.perf_counter(), time.process_time()

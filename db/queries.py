@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from db.dbapi import execute, fetch, has_fast_path, in_ids
 from db.engine import read_transaction, write_transaction
 from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
 from db.planner_stats import note_bulk_write
@@ -196,7 +197,13 @@ def _check_problems_in_run(conn: Connection, run_id: int, problem_ids: Iterable[
     ids = set(problem_ids)
     if not ids:
         return
-    found = set(conn.scalars(sa.select(problems_t.c.id).where(problems_t.c.run_id == run_id, problems_t.c.id.in_(ids))))
+    if has_fast_path(conn):
+        ids_sql, ids_param = in_ids(conn, ids)
+        found = {pid for (pid,) in fetch(conn, f"SELECT id FROM problems WHERE run_id = ? AND id {ids_sql}",
+                                          [run_id, ids_param])}
+    else:
+        found = set(conn.scalars(sa.select(problems_t.c.id).where(problems_t.c.run_id == run_id,
+                                                                  problems_t.c.id.in_(ids))))
     if found != ids:
         raise ValueError(f"problems {sorted(ids - found)[:10]} are not problems of run {run_id}")
 
@@ -535,40 +542,63 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
         return 0
     with write_transaction(engine) as conn:
         ids = [sid for sid, _ in items]
-        totals: dict[int, int] = {}
-        problem_of: dict[int, int] = {}
-        for sid, pid, n_tests in conn.execute(
-            sa.select(solutions_t.c.id, solutions_t.c.problem_id, sa.func.count(tests_t.c.id))
-            .join(tests_t, tests_t.c.problem_id == solutions_t.c.problem_id, isouter=True)
-            .where(solutions_t.c.id.in_(ids))
-            .group_by(solutions_t.c.id, solutions_t.c.problem_id)
-        ):
-            totals[sid], problem_of[sid] = n_tests, pid
-        missing = set(ids) - totals.keys()
-        if missing:
+        found = _solutions_with_test_counts(conn, ids)
+        problem_of = {sid: pid for sid, pid, _ in found}
+        totals = {sid: n_tests for sid, _, n_tests in found}
+        if missing := set(ids) - totals.keys():
             raise ValueError(f"no solutions with ids {sorted(missing)[:10]}")
-        rows = [
-            (
-                sid,
-                res.outcome,
-                [{"passed": t.passed, "error": t.error} for t in res.tests],
-                res.tests_passed,
-                max(totals[sid], len(res.tests)),
-                res.duration_ms,
-                _truncate(res.stdout),
-                _truncate(res.stderr),
-                res.image_digest,
-            )
-            for sid, res in items
-        ]
         inserted = insert_ignore_values(
-            conn, executions_t, EXECUTION_COLUMNS, rows, returning=[executions_t.c.solution_id]
+            conn, executions_t, EXECUTION_COLUMNS, [_execution_values(sid, res, totals[sid]) for sid, res in items],
+            returning=[executions_t.c.solution_id],
         )
-        touched = sorted({problem_of[sid] for (sid,) in inserted})
-        if touched:  # queue these problems for selection (select_triples)
-            conn.execute(sa.update(problems_t).where(problems_t.c.id.in_(touched)).values(selection_check=True))
+        if touched := {problem_of[sid] for (sid,) in inserted}:  # queue these problems for selection
+            _mark_for_selection(conn, touched)
         note_bulk_write(conn, len(inserted))
         return len(inserted)
+
+
+def _execution_values(solution_id: int, res: Result, n_tests: int) -> tuple:
+    """An Execution row in EXECUTION_COLUMNS order; per-test results as JSON text [{"passed", "error"}, ...]."""
+    return (
+        solution_id,
+        res.outcome,
+        res.tests,  # TestResult models, serialized as they are: [{"passed": ..., "error": ...}, ...]
+        res.tests_passed,
+        max(n_tests, len(res.tests)),
+        res.duration_ms,
+        _truncate(res.stdout),
+        _truncate(res.stderr),
+        res.image_digest,
+    )
+
+
+def _solutions_with_test_counts(conn: Connection, ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(solution id, problem id, number of tests of the problem) for the solutions that exist."""
+    if has_fast_path(conn):
+        ids_sql, ids_param = in_ids(conn, ids)
+        return fetch(
+            conn,
+            "SELECT s.id, s.problem_id, (SELECT count(*) FROM tests t WHERE t.problem_id = s.problem_id) "
+            f"FROM solutions s WHERE s.id {ids_sql}",
+            [ids_param],
+        )
+    counts = (
+        sa.select(solutions_t.c.id, solutions_t.c.problem_id, sa.func.count(tests_t.c.id))
+        .join(tests_t, tests_t.c.problem_id == solutions_t.c.problem_id, isouter=True)
+        .where(solutions_t.c.id.in_(ids))
+        .group_by(solutions_t.c.id, solutions_t.c.problem_id)
+    )
+    return [tuple(r) for r in conn.execute(counts)]
+
+
+def _mark_for_selection(conn: Connection, problem_ids: Iterable[int]) -> None:
+    """Queue problems for `select_triples` (problems.selection_check)."""
+    ids = sorted(problem_ids)
+    if has_fast_path(conn):
+        ids_sql, ids_param = in_ids(conn, ids)
+        execute(conn, f"UPDATE problems SET selection_check = ? WHERE id {ids_sql}", [True, ids_param])
+    else:
+        conn.execute(sa.update(problems_t).where(problems_t.c.id.in_(ids)).values(selection_check=True))
 
 
 # --- selection -----------------------------------------------------------------------------------

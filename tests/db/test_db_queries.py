@@ -420,3 +420,36 @@ def test_selection_queue_looks_only_at_problems_with_new_executions(engine: sa.E
     assert queued() == {"P2", "P3"}
     assert q.select_triples(engine, run_id) == 0  # final without a pass
     assert queued() == set()
+
+
+def test_core_statements_for_other_dialects_leave_the_same_rows(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dialects without the DB-API fast path (neither SQLite nor PostgreSQL) go through SQLAlchemy Core;
+    with the fast path switched off, SQLite must end with exactly the fast path's rows."""
+    from db_workload import run_pipeline, snapshot
+
+    from db import dbapi
+    from db.engine import init_db, make_engine
+
+    snapshots = []
+    for fast in (True, False):
+        monkeypatch.setattr(dbapi, "FAST_DIALECTS", dbapi.FAST_DIALECTS if fast else ())
+        engine = make_engine(f"sqlite:///{tmp_path / f'fast-{fast}.db'}")
+        init_db(engine)
+        run_pipeline(engine, "run")
+        run_pipeline(engine, "run")  # and a rerun adds nothing
+        snapshots.append(snapshot(engine))
+        engine.dispose()
+    assert snapshots[0] == snapshots[1]
+    assert len(snapshots[0]["executions"]) > 20 and snapshots[0]["triples"]
+
+
+def test_stored_per_test_results_are_passed_and_error_only(engine: sa.Engine) -> None:
+    run_id = setup_problems(engine, ["P1"])
+    add_tests(engine, run_id, n_tests=2)
+    add_solutions(engine, run_id, ["def f(x): return x"])
+    (job,) = q.pending_executions(engine, run_id, 10)
+    tests = [TestResult(passed=True), TestResult(passed=False, error="AssertionError: 1 != 2")]
+    q.record_executions(engine, [(job.solution_id, Result(id="x", outcome="failed", tests=tests))])
+    with engine.connect() as conn:
+        stored = conn.scalar(sa.select(Execution.tests))
+    assert stored == [{"passed": True, "error": None}, {"passed": False, "error": "AssertionError: 1 != 2"}]
