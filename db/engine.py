@@ -127,10 +127,15 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
-def read_transaction(engine: Engine) -> Iterator[Connection]:
-    """One read-only transaction (a consistent snapshot; never blocks a writer under WAL)."""
-    with _translate_connect_errors(engine), engine.connect() as conn, conn.begin():
-        yield conn
+def read_transaction(engine: Engine, *, snapshot: bool = False) -> Iterator[Connection]:
+    """One read-only transaction (never blocks a writer under WAL). With `snapshot`, every statement in it
+    sees the same snapshot on PostgreSQL too (REPEATABLE READ; its default, READ COMMITTED, takes a new
+    one per statement); a SQLite read transaction always has one snapshot."""
+    with _translate_connect_errors(engine), engine.connect() as conn:
+        if snapshot and conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            yield conn
 
 
 @contextmanager

@@ -28,8 +28,10 @@ The answer is "[PYTHON]\\n{solution}\\n[/PYTHON]", the paper's format (--answer-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -333,29 +335,65 @@ def _read_page(
     return Page(rows, run_names, tests, test_code, problem_calls)
 
 
-def iter_pages(
-    engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS, *, provenance: bool = True
-) -> Iterator[Page]:
-    """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time, all in
-    one read snapshot. Memory holds one page. Without `provenance` the rows stop at `_SOLUTION` and the
-    page has no tests or calls (what chat rows need)."""
-    window, query = _window_query(f, page_rows), _page_query(f, provenance)
-    tests_query = _tests_query(f) if provenance else None
-    runs = Run.__table__
-    with read_transaction(engine) as conn:  # one snapshot for the whole export
+@contextlib.contextmanager
+def _snapshot(engine: sa.Engine, imported: str | None = None) -> Iterator[sa.Connection]:
+    """One read transaction for a whole export: one snapshot of the database (REPEATABLE READ on
+    PostgreSQL, a WAL read transaction on SQLite). `imported` (PostgreSQL) joins the snapshot another
+    process exported with pg_export_snapshot(), so parallel workers see exactly the same data."""
+    with read_transaction(engine, snapshot=True) as conn:
         if conn.dialect.name == "postgresql":
+            if imported is not None:
+                conn.exec_driver_sql("SET TRANSACTION SNAPSHOT " + _sql_string(imported))
             # A page is a few thousand primary-key lookups. Left to itself the planner hash-joins each
             # page against whole tables (measured: a full scan of solutions per page, quadratic in the
             # export); nested loops over the window's index range are what this query is.
             for setting in ("enable_hashjoin", "enable_mergejoin"):
                 conn.exec_driver_sql(f"SET LOCAL {setting} = off")
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
-        run_names: dict[int, str] = {rid: name for rid, name in conn.execute(sa.select(runs.c.id, runs.c.name))}
-        last = 0
-        while (hi := conn.scalar(window, {"last": last})) is not None:
-            if page := _read_page(conn, query, tests_query, last, hi, run_names):
+        yield conn
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"  # a snapshot id is hex digits and dashes; quoted all the same
+
+
+def _run_names(conn: sa.Connection) -> dict[int, str]:
+    runs = Run.__table__
+    return {rid: name for rid, name in conn.execute(sa.select(runs.c.id, runs.c.name))}
+
+
+def _windows(conn: sa.Connection, f: ExportFilter, page_rows: int) -> Iterator[tuple[int, int]]:
+    """The pages as id windows (last, hi]: each holds the next `page_rows` triples of the runs and dates
+    asked for (an index range that bounds each page's work whatever the other filters drop)."""
+    window, last = _window_query(f, page_rows), 0
+    while (hi := conn.scalar(window, {"last": last})) is not None:
+        yield last, hi
+        last = hi
+
+
+class _PageReader:
+    """Reads pages of one export on one connection (the queries are built once)."""
+
+    def __init__(self, conn: sa.Connection, f: ExportFilter, provenance: bool):
+        self.conn, self.query = conn, _page_query(f, provenance)
+        self.tests_query = _tests_query(f) if provenance else None
+        self.run_names = _run_names(conn)
+
+    def read(self, last: int, hi: int) -> Page | None:
+        return _read_page(self.conn, self.query, self.tests_query, last, hi, self.run_names)
+
+
+def iter_pages(
+    engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS, *, provenance: bool = True
+) -> Iterator[Page]:
+    """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time, all in
+    one read snapshot. Memory holds one page. Without `provenance` the rows stop at `_SOLUTION` and the
+    page has no tests or calls (what chat rows need)."""
+    with _snapshot(engine) as conn:
+        reader = _PageReader(conn, f, provenance)
+        for last, hi in _windows(conn, f, page_rows):
+            if page := reader.read(last, hi):
                 yield page
-            last = hi
 
 
 def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Triplet]:
@@ -461,11 +499,12 @@ def _is_val(example_id: str, fraction: float) -> bool:
 def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str]) -> int:
     """Append each row of `page` as a `JsonlRow` line to `train` or `val`; returns rows skipped (none)."""
     tests_json = {pid: f"[{','.join(map(_json_str, codes))}]" for pid, codes in page.tests.items()}
+    shown_ids = {row[_SHOWN_TEST_ID] for row in page.rows}
     run_json = {rid: _json_str(name) for rid, name in page.run_names.items()}
     problem_stage = {cid: _stage_json(*info) for cid, info in page.problem_calls.items()}
     no_stage = _stage_json(*_NO_CALL)
     stages: dict[CallInfo, str] = {}  # this page's distinct (model, params, seed) as JSON
-    shown_json = {tid: _json_str(code) for tid, code in page.test_code.items()}
+    shown_json = {tid: _json_str(code) for tid, code in page.test_code.items() if tid in shown_ids}
     val_below = split_val * 2**32  # is_validation: the id's first 32 bits / 2**32 < split_val, exactly
     sha256 = hashlib.sha256
     for row in page.rows:
@@ -536,6 +575,30 @@ class ExportStats:
         return self.train + self.validation
 
 
+def _page_text(page: Page, fmt: ExportFormat, split_val: float, answer_format: AnswerFormat) -> PageText:
+    train: list[str] = []
+    val: list[str] = []
+    if fmt == "chat":
+        skipped = _chat_lines(page, split_val, train, val, answer_format)
+    else:
+        skipped = _jsonl_lines(page, split_val, train, val)
+    return PageText("".join(train).encode(), "".join(val).encode(), len(train), len(val), skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class PageText:
+    """One page of an export as the bytes of its training and validation lines."""
+
+    train: bytes
+    validation: bytes
+    train_rows: int
+    validation_rows: int
+    skipped: int
+
+
+_EMPTY_PAGE = PageText(b"", b"", 0, 0, 0)
+
+
 def export(
     engine: sa.Engine,
     out: Path,
@@ -544,30 +607,29 @@ def export(
     flt: ExportFilter = ExportFilter(),
     split_val: float = 0.0,
     answer_format: AnswerFormat = "python-tags",
+    workers: int | None = None,
 ) -> ExportStats:
-    """Write the export; returns the counts. Files appear (atomically renamed) only when complete."""
+    """Write the export; returns the counts. Files appear (atomically renamed) only when complete.
+
+    `workers` processes build the pages (default: one per CPU, at most 8; 1 builds them here), each in
+    the same snapshot of the database (see `_page_texts`); the files are the same bytes either way."""
     if not 0.0 <= split_val < 1.0:
         raise UserError(f"--split-val must be in [0, 1), got {split_val}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] + ([val_path(out)] if split_val > 0 else [])
     tmp = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in paths]
     stats = ExportStats(train_path=str(out), validation_path=str(paths[1]) if split_val > 0 else None)
     files = [open(p, "wb") for p in tmp]  # noqa: SIM115 - closed in finally
     try:
-        train: list[str] = []
-        val: list[str] = []
-        for page in iter_pages(engine, flt, provenance=fmt == "jsonl"):
-            if fmt == "chat":
-                stats.skipped_chat_format += _chat_lines(page, split_val, train, val, answer_format)
-            else:
-                _jsonl_lines(page, split_val, train, val)
-            for fh, lines in zip(files, (train, val)):  # one write per page and file
-                if lines:
-                    fh.write("".join(lines).encode())
-            stats.train += len(train)
-            stats.validation += len(val)
-            train.clear()
-            val.clear()
+        for text in _page_texts(engine, flt, fmt, split_val, answer_format, workers or default_workers()):
+            files[0].write(text.train)  # one write per page and file
+            if text.validation:
+                files[1].write(text.validation)
+            stats.train += text.train_rows
+            stats.validation += text.validation_rows
+            stats.skipped_chat_format += text.skipped
         for fh in files:
             fh.close()
         for src, dst in zip(tmp, paths, strict=True):
@@ -582,6 +644,86 @@ def export(
         for src in tmp:
             src.unlink(missing_ok=True)
     return stats
+
+
+# --- pages built by worker processes -----------------------------------------------------------------
+# Building a page (reading its rows, escaping them into JSON lines) is CPU work in Python, so a bigger
+# export runs it in a process per CPU. Every worker reads in the same snapshot as the main process:
+# PostgreSQL shares it (pg_export_snapshot / SET TRANSACTION SNAPSHOT). A SQLite snapshot cannot be
+# shared, and need not be: the main process fixes the id windows in its own snapshot, and every row a
+# window's triples reach (problem, tests, solution, execution, LLM calls, run name) is written once,
+# before the triple that points at it, and never changed or deleted; a triple committed later gets a
+# larger id than any window's end (SQLite row ids grow, nothing is ever deleted). So each worker reads
+# exactly what the main process would have.
+
+MAX_WORKERS = 8
+_MIN_PAGES_PER_FORKED_WORKER = 2  # a forked worker starts in milliseconds
+_MIN_PAGES_PER_SPAWNED_WORKER = 25  # a spawned one imports SQLAlchemy first (about 0.7 s)
+
+
+def default_workers() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cpus))
+
+
+def _page_texts(engine: sa.Engine, f: ExportFilter, fmt: ExportFormat, split_val: float,
+                answer_format: AnswerFormat, workers: int) -> Iterator[PageText]:
+    """Every page of the export as text, in triple id order: built here, or by `workers` processes when
+    there are enough pages to keep them busy."""
+    page_rows = PAGE_ROWS
+    with _snapshot(engine) as conn:
+        reader = _PageReader(conn, f, provenance=fmt == "jsonl")
+        windows = _windows(conn, f, page_rows)
+        context = _process_context()
+        min_pages = workers * (_MIN_PAGES_PER_FORKED_WORKER if context.get_start_method() == "fork"
+                               else _MIN_PAGES_PER_SPAWNED_WORKER)
+        first = list(itertools.islice(windows, min_pages)) if workers > 1 else []
+        if len(first) < min_pages:  # a small export (or workers=1): build the pages here
+            for last, hi in itertools.chain(first, windows):
+                page = reader.read(last, hi)
+                yield _EMPTY_PAGE if page is None else _page_text(page, fmt, split_val, answer_format)
+            return
+        all_windows = first + list(windows)  # ids only: 500 pairs for a million rows
+        imported = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar() if conn.dialect.name == "postgresql" else None
+        url = engine.url.render_as_string(hide_password=False)
+        with context.Pool(workers, initializer=_start_worker,
+                          initargs=(url, imported, f, fmt, split_val, answer_format)) as pool:
+            yield from pool.imap(_worker_page, all_windows)
+
+
+def _process_context() -> Any:  # multiprocessing.context.BaseContext
+    """fork where it is safe (Linux, a process with one thread: the CLI), else spawn."""
+    import multiprocessing
+    import threading
+
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _start_worker(url: str, imported: str | None, f: ExportFilter, fmt: ExportFormat, split_val: float,
+                  answer_format: AnswerFormat) -> None:
+    """A worker's own engine and read transaction, held until the worker exits."""
+    from multiprocessing.util import Finalize
+
+    engine = make_engine(url)
+    stack = contextlib.ExitStack()
+    conn = stack.enter_context(_snapshot(engine, imported))
+    stack.callback(engine.dispose)
+    Finalize(None, stack.close, exitpriority=10)
+    _worker_state.update(reader=_PageReader(conn, f, provenance=fmt == "jsonl"),
+                         args=(fmt, split_val, answer_format))
+
+
+def _worker_page(window: tuple[int, int]) -> PageText:
+    page = _worker_state["reader"].read(*window)
+    return _EMPTY_PAGE if page is None else _page_text(page, *_worker_state["args"])
 
 
 # --- CLI -------------------------------------------------------------------------------------------
@@ -613,6 +755,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--dedup", action="store_true", help="keep one triple per problem hash across runs (the earliest)")
     ap.add_argument("--answer-format", choices=("python-tags", "plain"), default="python-tags")
+    ap.add_argument("--workers", type=int, default=None,
+                    help=f"processes building pages (default: one per CPU, at most {MAX_WORKERS}; 1: in this process)")
     return ap
 
 
@@ -631,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
             runs=tuple(args.run), min_tests_passed=args.min_tests_passed, since=args.since, dedup=args.dedup
         )
         stats = export(
-            engine, args.out, fmt=args.fmt, flt=flt, split_val=args.split_val, answer_format=args.answer_format
+            engine, args.out, fmt=args.fmt, flt=flt, split_val=args.split_val, answer_format=args.answer_format,
+            workers=args.workers,
         )
     finally:
         engine.dispose()

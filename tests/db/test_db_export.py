@@ -283,3 +283,56 @@ def test_windows_skip_filtered_rows_and_keep_order(two_runs: sa.Engine) -> None:
         first = conn.scalars(sa.select(Triple.solution_id).order_by(Triple.id).limit(3)).all()
         conn.execute(sa.update(Execution).where(Execution.solution_id.in_(first)).values(outcome="failed"))
     assert [x.solution_id for x in iter_triples(two_runs, ExportFilter(), page_rows=3)] == everything[3:]
+
+
+class _PoolSpy:
+    """A multiprocessing context that records the pools it makes (the parallel path really ran)."""
+
+    def __init__(self, context, pools: list[int]):
+        self.context, self.pools = context, pools
+
+    def get_start_method(self) -> str:
+        return self.context.get_start_method()
+
+    def Pool(self, workers: int, **kwargs):  # noqa: N802 - multiprocessing's name
+        self.pools.append(workers)
+        return self.context.Pool(workers, **kwargs)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("start_method", ["default", pytest.param("spawn", marks=pytest.mark.slow)])
+def test_worker_processes_write_the_same_bytes(
+    two_runs: sa.Engine, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_method: str
+) -> None:
+    import multiprocessing
+
+    from db import export as export_module
+
+    if start_method == "spawn" and not db_url.startswith("sqlite"):
+        pytest.skip("one spawn check is enough")
+    pools: list[int] = []
+    real_context = export_module._process_context
+
+    def context():
+        base = multiprocessing.get_context("spawn") if start_method == "spawn" else real_context()
+        return _PoolSpy(base, pools)
+
+    monkeypatch.setattr(export_module, "_process_context", context)
+    monkeypatch.setattr(export_module, "PAGE_ROWS", 3)  # many pages from a small database
+    monkeypatch.setattr(export_module, "_MIN_PAGES_PER_SPAWNED_WORKER", 2)
+    for fmt in ("jsonl", "chat"):
+        for flt in (ExportFilter(), ExportFilter(dedup=True, min_tests_passed=1)):
+            files = {}
+            for workers in (1, 2):
+                out = tmp_path / f"{fmt}-{flt.dedup}-{workers}.jsonl"
+                stats = export(two_runs, out, fmt=fmt, flt=flt, split_val=0.3, workers=workers)
+                files[workers] = (out.read_bytes(), val_path(out).read_bytes(), stats.train, stats.validation)
+            assert files[1] == files[2] and files[1][2] > 0 and files[1][3] > 0
+    assert pools == [2, 2, 2, 2]  # every two-worker export went through a pool
+
+
+def test_workers_must_be_positive(two_runs: sa.Engine, tmp_path: Path) -> None:
+    from selfinstruct.errors import UserError
+
+    with pytest.raises(UserError, match="--workers must be at least 1"):
+        export(two_runs, tmp_path / "x.jsonl", workers=0)
