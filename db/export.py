@@ -49,6 +49,7 @@ from pydantic_core import to_json
 
 from db.engine import env_url, make_engine, read_transaction, require_schema
 from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
+from db.records import tests_json
 from model.chat import B_INST, BOS_TEXT, E_INST, EOS_TEXT, SPECIAL_TAGS, prompt_answer_text
 from selfinstruct.errors import UserError, cli_entry
 
@@ -199,14 +200,15 @@ def _triple_filters(f: ExportFilter, t: Any) -> list[sa.ColumnElement[bool]]:
     _PASSED,
     _TOTAL,
     _PCALL_ID,
-    _SHOWN_TEST_ID,
     _T_MODEL,
     _T_PARAMS,
     _T_SEED,
     _S_MODEL,
     _S_PARAMS,
     _S_SEED,
-) = range(20)
+    _TESTS_JSON,
+    _SHOWN_CODE,
+) = range(21)
 
 CallInfo = tuple[str | None, str | None, int | None]  # model, params (JSON text), seed
 _NO_CALL: CallInfo = (None, None, None)
@@ -215,13 +217,13 @@ _NO_CALL: CallInfo = (None, None, None)
 @dataclass(slots=True)
 class Page:
     """One keyset page of selected triples as raw DB-API rows (columns: the `_*` positions above), with
-    what the rows share looked up once per page: tests per problem, shown tests, the problem-stage LLM
-    calls (a problems call made about 50 problems) and run names."""
+    what the rows share looked up once per page: the problem-stage LLM calls (a problems call made
+    about 50 problems) and run names. `tests` holds the problems' tests read from the `tests` table,
+    for the rows whose `problems.tests_json` is missing (or every row, for the reference reader)."""
 
     rows: list[tuple[Any, ...]]
     run_names: dict[int, str]
     tests: dict[int, list[str]]
-    test_code: dict[int, str]
     problem_calls: dict[int, CallInfo]
 
 
@@ -240,6 +242,7 @@ def _page_query(f: ExportFilter, provenance: bool = True) -> sa.Select:
     t, p, s, e = (m.__table__ for m in (Triple, Problem, Solution, Execution))
     calls = LLMCall.__table__
     tcall, scall = calls.alias("tcall"), calls.alias("scall")
+    shown = Test.__table__.alias("shown")
     where = _candidates(f, t, p, s, e)
     if f.dedup:  # the earliest triple with this problem hash among the exported candidates wins
         t2, p2, s2, e2 = (x.alias(f"{x.name}_2") for x in (t, p, s, e))
@@ -258,13 +261,14 @@ def _page_query(f: ExportFilter, provenance: bool = True) -> sa.Select:
             e.c.tests_passed,
             e.c.tests_total,
             p.c.call_id,
-            s.c.shown_test_id,
             tcall.c.model,
             sa.cast(tcall.c.params, sa.Text),  # raw JSON text: decoded once per distinct value
             tcall.c.seed,
             scall.c.model,
             sa.cast(scall.c.params, sa.Text),
             scall.c.seed,
+            p.c.tests_json,
+            shown.c.code,
         ]
         query = (
             sa.select(*columns)
@@ -274,6 +278,7 @@ def _page_query(f: ExportFilter, provenance: bool = True) -> sa.Select:
             .join(e, e.c.solution_id == s.c.id)
             .outerjoin(tcall, tcall.c.id == p.c.tests_call_id)
             .outerjoin(scall, scall.c.id == s.c.call_id)
+            .outerjoin(shown, shown.c.id == s.c.shown_test_id)
         )
     return query.where(*where, t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi")).order_by(t.c.id)
 
@@ -283,7 +288,7 @@ def _tests_query(f: ExportFilter) -> sa.Select:
     list of ids to bind), each problem's in index order."""
     t, tests = Triple.__table__, Test.__table__
     return (
-        sa.select(tests.c.problem_id, tests.c.id, tests.c.code)
+        sa.select(tests.c.problem_id, tests.c.code)
         .select_from(t)
         .join(tests, tests.c.problem_id == t.c.problem_id)
         .where(t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi"), *_triple_filters(f, t))
@@ -302,26 +307,22 @@ def _fetch(conn: sa.Connection, query: sa.Select, params: dict[str, Any]) -> lis
 
 
 def _read_page(
-    conn: sa.Connection, query: sa.Select, tests_query: sa.Select | None, last: int, hi: int, run_names: dict[int, str]
+    conn: sa.Connection, query: sa.Select, tests_query: sa.Select | None, last: int, hi: int,
+    run_names: dict[int, str], all_tests: bool = False,
 ) -> Page | None:
     """The page of triple ids (`last`, `hi`]; None when no triple there passes the filters. Without
-    `tests_query` (chat rows) the page has no tests and no calls."""
+    `tests_query` (chat rows) the page has no tests and no calls. The `tests` table is read for the
+    rows without `problems.tests_json` (a problem whose tests were never stored that way), or for every
+    row with `all_tests` (the reference reader, so that the test suite compares the two)."""
     window = {"last": last, "hi": hi}
     if not (rows := _fetch(conn, query, window)):
         return None
     if tests_query is None:
-        return Page(rows, run_names, {}, {}, {})
+        return Page(rows, run_names, {}, {})
     tests: dict[int, list[str]] = defaultdict(list)
-    test_code: dict[int, str] = {}
-    for pid, tid, code in _fetch(conn, tests_query, window):
-        tests[pid].append(code)
-        test_code[tid] = code
-    # the shown test is one of the problem's own tests; look up any that is not (never in the pipeline)
-    if stray := {row[_SHOWN_TEST_ID] for row in rows} - test_code.keys() - {None}:
-        shown = Test.__table__
-        test_code.update(
-            conn.execute(sa.select(shown.c.id, shown.c.code).where(shown.c.id.in_(sorted(stray)))).tuples()
-        )
+    if all_tests or any(row[_TESTS_JSON] is None for row in rows):
+        for pid, code in _fetch(conn, tests_query, window):
+            tests[pid].append(code)
     call_ids = sorted({row[_PCALL_ID] for row in rows} - {None})
     problem_calls: dict[int, CallInfo] = {}
     if call_ids:
@@ -332,7 +333,7 @@ def _read_page(
             )
         ):
             problem_calls[cid] = tuple(info)  # type: ignore[assignment]
-    return Page(rows, run_names, tests, test_code, problem_calls)
+    return Page(rows, run_names, tests, problem_calls)
 
 
 @contextlib.contextmanager
@@ -374,23 +375,25 @@ def _windows(conn: sa.Connection, f: ExportFilter, page_rows: int) -> Iterator[t
 class _PageReader:
     """Reads pages of one export on one connection (the queries are built once)."""
 
-    def __init__(self, conn: sa.Connection, f: ExportFilter, provenance: bool):
+    def __init__(self, conn: sa.Connection, f: ExportFilter, provenance: bool, all_tests: bool = False):
         self.conn, self.query = conn, _page_query(f, provenance)
         self.tests_query = _tests_query(f) if provenance else None
-        self.run_names = _run_names(conn)
+        self.run_names, self.all_tests = _run_names(conn), all_tests
 
     def read(self, last: int, hi: int) -> Page | None:
-        return _read_page(self.conn, self.query, self.tests_query, last, hi, self.run_names)
+        return _read_page(self.conn, self.query, self.tests_query, last, hi, self.run_names, self.all_tests)
 
 
 def iter_pages(
-    engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS, *, provenance: bool = True
+    engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS, *, provenance: bool = True,
+    all_tests: bool = False,
 ) -> Iterator[Page]:
     """Stream the selected triples that pass `f`, in triple id order, one keyset page at a time, all in
     one read snapshot. Memory holds one page. Without `provenance` the rows stop at `_SOLUTION` and the
-    page has no tests or calls (what chat rows need)."""
+    page has no tests or calls (what chat rows need); `all_tests` reads every row's tests from the
+    `tests` table (see `_read_page`)."""
     with _snapshot(engine) as conn:
-        reader = _PageReader(conn, f, provenance)
+        reader = _PageReader(conn, f, provenance, all_tests)
         for last, hi in _windows(conn, f, page_rows):
             if page := reader.read(last, hi):
                 yield page
@@ -399,10 +402,9 @@ def iter_pages(
 def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS) -> Iterator[Triplet]:
     """The selected triples that pass `f` as `Triplet` records (the readable form of a page row: what
     `jsonl_row` / `chat_row` take, and the reference the export's fast writers are tested against)."""
-    for page in iter_pages(engine, f, page_rows):
+    for page in iter_pages(engine, f, page_rows, all_tests=True):
         for row in page.rows:
             pcall = _NO_CALL if row[_PCALL_ID] is None else page.problem_calls.get(row[_PCALL_ID], _NO_CALL)
-            shown = row[_SHOWN_TEST_ID]
             yield Triplet(
                 run=page.run_names[row[_RUN_ID]],
                 problem_id=row[_PROBLEM_ID],
@@ -413,7 +415,7 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                 sample_index=row[_SAMPLE_INDEX],
                 selection_rule=row[_RULE],
                 tests=page.tests[row[_PROBLEM_ID]],
-                shown_test=None if shown is None else page.test_code.get(shown),
+                shown_test=row[_SHOWN_CODE],
                 image_digest=row[_DIGEST],
                 tests_passed=row[_PASSED],
                 tests_total=row[_TOTAL],
@@ -498,18 +500,18 @@ def _is_val(example_id: str, fraction: float) -> bool:
 
 def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str]) -> int:
     """Append each row of `page` as a `JsonlRow` line to `train` or `val`; returns rows skipped (none)."""
-    tests_json = {pid: f"[{','.join(map(_json_str, codes))}]" for pid, codes in page.tests.items()}
-    shown_ids = {row[_SHOWN_TEST_ID] for row in page.rows}
+    tests_from_table = {pid: tests_json(codes) for pid, codes in page.tests.items()}  # rows without tests_json
     run_json = {rid: _json_str(name) for rid, name in page.run_names.items()}
     problem_stage = {cid: _stage_json(*info) for cid, info in page.problem_calls.items()}
     no_stage = _stage_json(*_NO_CALL)
     stages: dict[CallInfo, str] = {}  # this page's distinct (model, params, seed) as JSON
-    shown_json = {tid: _json_str(code) for tid, code in page.test_code.items() if tid in shown_ids}
     val_below = split_val * 2**32  # is_validation: the id's first 32 bits / 2**32 < split_val, exactly
     sha256 = hashlib.sha256
     for row in page.rows:
-        (_, rid, pid, problem, norm_hash, sid, code, sample_index, rule, digest, passed, total, pcall, shown,
-         t_model, t_params, t_seed, s_model, s_params, s_seed) = row  # fmt: skip
+        (_, rid, pid, problem, norm_hash, sid, code, sample_index, rule, digest, passed, total, pcall,
+         t_model, t_params, t_seed, s_model, s_params, s_seed, tests, shown) = row  # fmt: skip
+        if tests is None:
+            tests = tests_from_table.get(pid, "[]")
         run = page.run_names[rid]
         example_id = sha256(f"{run}\x00{norm_hash}\x00{code}".encode()).hexdigest()[:24]  # == row_id
         t_call, s_call = (t_model, t_params, t_seed), (s_model, s_params, s_seed)
@@ -518,11 +520,11 @@ def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str])
         if (s_stage := stages.get(s_call)) is None:
             s_stage = stages[s_call] = _stage_json(*s_call)
         line = (
-            f'{{"id":"{example_id}","problem":{_json_str(problem)},"tests":{tests_json.get(pid, "[]")},'
+            f'{{"id":"{example_id}","problem":{_json_str(problem)},"tests":{tests},'
             f'"solution":{_json_str(code)},"provenance":{{"run":{run_json[rid]},"problem_id":{pid},'
             f'"solution_id":{sid},"sample_index":{sample_index},"selection_rule":{_json_str(rule)},'
             f'"stages":{{"problems":{no_stage if pcall is None else problem_stage.get(pcall, no_stage)},'
-            f'"tests":{t_stage},"solutions":{s_stage}}},"shown_test":{shown_json.get(shown, "null")},'
+            f'"tests":{t_stage},"solutions":{s_stage}}},"shown_test":{"null" if shown is None else _json_str(shown)},'
             f'"image_digest":{"null" if digest is None else _json_str(digest)},"tests_passed":{passed},'
             f'"tests_total":{total}}}}}\n'
         )

@@ -108,7 +108,9 @@ class Problem(Base):
 
     `tests_status` / `solutions_status` make the table the work queue of the later stages;
     `tests_call_id` is the call that wrote (or failed to write) the tests; `selection_check` queues
-    the problem for triple selection when new executions of its solutions come in.
+    the problem for triple selection when new executions of its solutions come in. `tests_json` is the
+    problem's tests (the `tests` rows, in index order) as the JSON array an export row carries, written
+    in the same transaction as those rows: the export reads one column instead of five rows per triple.
     """
 
     __tablename__ = "problems"
@@ -123,6 +125,7 @@ class Problem(Base):
     tests_status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     tests_reason: Mapped[str | None] = mapped_column(sa.Text)
     tests_call_id: Mapped[int | None] = mapped_column(sa.ForeignKey("llm_calls.id", ondelete="SET NULL"))
+    tests_json: Mapped[str | None] = mapped_column(sa.Text)
     solutions_status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     solutions_reason: Mapped[str | None] = mapped_column(sa.Text)
     # set when an execution of one of its solutions is recorded; selection clears it once final

@@ -40,6 +40,7 @@ from db.records import (
     TestRow,
     TestsOutcome,
     problem_key,
+    tests_json,
 )
 from db.upsert import insert_ignore, insert_ignore_values, update_many
 from executor.jobs import Result
@@ -383,13 +384,14 @@ def record_tests(engine: Engine, run_id: int, items: Sequence[TestsOutcome]) -> 
             conn,
             problems_t,
             "id",
-            ("tests_status", "tests_reason", "tests_call_id"),
+            ("tests_status", "tests_reason", "tests_call_id", "tests_json"),
             [
                 (
                     it.problem_id,
                     "done" if it.failure is None else "failed",
                     it.failure,
                     new_calls[problem_key(it.problem_id)],
+                    tests_json(it.tests) if it.failure is None else None,
                 )
                 for it in fresh
             ],

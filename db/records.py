@@ -8,6 +8,8 @@ queries in db/queries.py; the queries hand pending work back as `ProblemRow`, `P
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,6 +26,15 @@ SelectionRule = Literal["first", "random"]
 def text_hash(normalized_text: str) -> str:
     """sha256 hex digest of a problem's normalized text: the exact-duplicate key (unique per run)."""
     return hashlib.sha256(normalized_text.encode("utf-8")).hexdigest()
+
+
+def tests_json(tests: Sequence[str]) -> str:
+    """A problem's tests as the JSON array of strings an export row carries (`problems.tests_json`).
+
+    The bytes pydantic-core writes for the list: the stdlib's C string encoder escapes exactly the
+    characters it does (", \\, control characters; other text as is), which the export tests pin.
+    """
+    return "[" + ",".join(map(encode_basestring, tests)) + "]"
 
 
 def problem_key(problem_id: int) -> str:

@@ -98,13 +98,17 @@ def test_migrations_keep_the_data_of_a_populated_database(db_url: str) -> None:
         linked = dict(
             conn.execute(sa.select(Problem.id, Problem.tests_call_id).where(Problem.tests_call_id.is_not(None))).all()
         )
+        tests_json_before = dict(conn.execute(sa.select(Problem.id, Problem.tests_json)).all())
     assert linked and len(before["tests"]) > 10
+    assert sum(v is not None for v in tests_json_before.values()) > 5
     downgrade(engine, "0002")
     with read_transaction(engine) as conn:
         assert "tests_call_id" not in {c["name"] for c in sa.inspect(conn).get_columns("problems")}
     assert upgrade(engine) == ("0002", head_revision())
     assert snapshot(engine) == before
     with read_transaction(engine) as conn:
+        # migration 0006 rebuilt every problem's tests_json exactly as record_tests had written it
+        assert dict(conn.execute(sa.select(Problem.id, Problem.tests_json)).all()) == tests_json_before
         assert (
             dict(
                 conn.execute(

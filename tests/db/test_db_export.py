@@ -22,7 +22,8 @@ from db.export import (
     row_id,
     val_path,
 )
-from db.models import Execution, Problem, Triple
+from db.models import Execution, Problem, Test, Triple
+from db.records import tests_json as encode_tests
 from model.chat import chat_text, prompt_answer_text
 
 
@@ -252,6 +253,12 @@ def test_export_bytes_equal_the_reference_rows(two_runs: sa.Engine, tmp_path: Pa
             sa.update(LLMCall).where(LLMCall.id == call).values(seed=None, params={"t": 1e-5, "x": [1.5, "é"]})
         )
         conn.execute(sa.update(Problem).where(Problem.id == p3).values(text="no [INST] tags allowed"))
+        # a tricky test, with problems.tests_json rewritten the way record_tests writes it ...
+        conn.execute(sa.update(Test).where(Test.problem_id == p0, Test.index == 0).values(code=f"assert f() == {TRICKY!r}"))
+        codes = conn.scalars(sa.select(Test.code).where(Test.problem_id == p0).order_by(Test.index)).all()
+        conn.execute(sa.update(Problem).where(Problem.id == p0).values(tests_json=encode_tests(codes)))
+        # ... and a problem without tests_json (written before migration 0006): read from the tests table
+        conn.execute(sa.update(Problem).where(Problem.id == p1).values(tests_json=None))
     for fmt, answer_format in (("jsonl", "python-tags"), ("chat", "python-tags"), ("chat", "plain")):
         out = tmp_path / f"{fmt}-{answer_format}.jsonl"
         stats = export(two_runs, out, fmt=fmt, split_val=0.3, answer_format=answer_format)  # type: ignore[arg-type]
