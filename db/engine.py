@@ -26,10 +26,6 @@ from selfinstruct.errors import UserError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_CACHE_KIB = 32_768  # the default 2 MiB thrashes on the unique indexes of million-row tables
-# Reads through a memory map instead of a read() call and a copy per page: the export's page query 9.9 ->
-# 5.1 us per row, its tests query 6.9 -> 2.6 us (measured, 150 MB database in the OS cache). SQLite caps
-# this at its compile-time maximum (2 GiB in Python's builds); the rest of a larger file is read as before.
-SQLITE_MMAP_BYTES = 2**31
 PG_CONNECT_TIMEOUT_S = 10
 # Connections of an engine carrying this execution option open SQLite transactions with BEGIN IMMEDIATE.
 _WRITE_OPTION = "selfinstruct_write"
@@ -103,7 +99,6 @@ def _tune_sqlite(engine: Engine, *, in_memory: bool) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute(f"PRAGMA mmap_size = {SQLITE_MMAP_BYTES}")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")  # page cache per connection, in KiB
         cursor.execute("PRAGMA foreign_keys = ON")

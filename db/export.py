@@ -484,6 +484,12 @@ def _json_opt(value: str | None) -> str:
     return "null" if value is None else _json_str(value)
 
 
+@functools.lru_cache(maxsize=1024)
+def _json_cached(value: str | None) -> str:
+    """`_json_opt` for the few values that repeat on every row (selection rule, sandbox image digest)."""
+    return _json_opt(value)
+
+
 @functools.lru_cache(maxsize=4096)
 def _stage_head(model: str | None, params: str | None) -> str:
     """'{"model":...,"params":...,"seed":' for one distinct (model, params) of LLM calls."""
@@ -522,10 +528,10 @@ def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str])
         line = (
             f'{{"id":"{example_id}","problem":{_json_str(problem)},"tests":{tests},'
             f'"solution":{_json_str(code)},"provenance":{{"run":{run_json[rid]},"problem_id":{pid},'
-            f'"solution_id":{sid},"sample_index":{sample_index},"selection_rule":{_json_str(rule)},'
+            f'"solution_id":{sid},"sample_index":{sample_index},"selection_rule":{_json_cached(rule)},'
             f'"stages":{{"problems":{no_stage if pcall is None else problem_stage.get(pcall, no_stage)},'
             f'"tests":{t_stage},"solutions":{s_stage}}},"shown_test":{"null" if shown is None else _json_str(shown)},'
-            f'"image_digest":{"null" if digest is None else _json_str(digest)},"tests_passed":{passed},'
+            f'"image_digest":{_json_cached(digest)},"tests_passed":{passed},'
             f'"tests_total":{total}}}}}\n'
         )
         (val if int(example_id[:8], 16) < val_below else train).append(line)
