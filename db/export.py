@@ -665,7 +665,7 @@ def export(
 # exactly what the main process would have.
 
 MAX_WORKERS = 8
-_MIN_PAGES_PER_FORKED_WORKER = 2  # a forked worker starts in milliseconds
+_MIN_PAGES_PER_FORKED_WORKER = 8  # a forked worker starts in milliseconds, but a page crosses a pipe
 _MIN_PAGES_PER_SPAWNED_WORKER = 25  # a spawned one imports SQLAlchemy first (about 0.7 s)
 
 

@@ -560,11 +560,12 @@ def record_executions(engine: Engine, items: Sequence[tuple[int, Result]]) -> in
 
 
 def _execution_values(solution_id: int, res: Result, n_tests: int) -> tuple:
-    """An Execution row in EXECUTION_COLUMNS order; per-test results as JSON text [{"passed", "error"}, ...]."""
+    """An Execution row in EXECUTION_COLUMNS order (the per-test results stay TestResult models: the insert
+    serializes them in one call per row, as [{"passed": ..., "error": ...}, ...])."""
     return (
         solution_id,
         res.outcome,
-        res.tests,  # TestResult models, serialized as they are: [{"passed": ..., "error": ...}, ...]
+        res.tests,
         res.tests_passed,
         max(n_tests, len(res.tests)),
         res.duration_ms,

@@ -327,6 +327,7 @@ def test_worker_processes_write_the_same_bytes(
     monkeypatch.setattr(export_module, "_process_context", context)
     monkeypatch.setattr(export_module, "PAGE_ROWS", 3)  # many pages from a small database
     monkeypatch.setattr(export_module, "_MIN_PAGES_PER_SPAWNED_WORKER", 2)
+    monkeypatch.setattr(export_module, "_MIN_PAGES_PER_FORKED_WORKER", 2)
     for fmt in ("jsonl", "chat"):
         for flt in (ExportFilter(), ExportFilter(dedup=True, min_tests_passed=1)):
             files = {}
