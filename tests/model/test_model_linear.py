@@ -96,3 +96,19 @@ def test_mkl_switch_routes_through_f_linear() -> None:
     assert "OneDNN" in type(layer(x).grad_fn).__name__
     with pytest.raises(ValueError, match="unknown CPU GEMM library"):
         linear_module.set_cpu_gemm("blis")
+
+
+def test_a_packed_layer_copies_pickles_and_saves_without_its_pack() -> None:
+    import copy
+    import io
+    import pickle
+
+    layer = _layer(16, 8)
+    assert layer.pack_for_inference()
+    x = torch.randn(2, 8)
+    for clone in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert clone._pack is None
+        torch.testing.assert_close(clone(x), layer(x))
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    assert layer._pack is not None  # the original keeps its pack
