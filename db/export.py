@@ -593,6 +593,13 @@ def _page_text(page: Page, fmt: ExportFormat, split_val: float, answer_format: A
     return PageText("".join(train).encode(), "".join(val).encode(), len(train), len(val), skipped)
 
 
+def _window_text(reader: _PageReader, last: int, hi: int, fmt: ExportFormat, split_val: float,
+                 answer_format: AnswerFormat) -> PageText:
+    """The text of the page of triple ids (`last`, `hi`] (empty when no triple there passes the filters)."""
+    page = reader.read(last, hi)
+    return _EMPTY_PAGE if page is None else _page_text(page, fmt, split_val, answer_format)
+
+
 @dataclass(frozen=True, slots=True)
 class PageText:
     """One page of an export as the bytes of its training and validation lines."""
@@ -681,18 +688,16 @@ def _page_texts(engine: sa.Engine, f: ExportFilter, fmt: ExportFormat, split_val
                 answer_format: AnswerFormat, workers: int) -> Iterator[PageText]:
     """Every page of the export as text, in triple id order: built here, or by `workers` processes when
     there are enough pages to keep them busy."""
-    page_rows = PAGE_ROWS
     with _snapshot(engine) as conn:
         reader = _PageReader(conn, f, provenance=fmt == "jsonl")
-        windows = _windows(conn, f, page_rows)
+        windows = _windows(conn, f, PAGE_ROWS)
         context = _process_context()
         min_pages = workers * (_MIN_PAGES_PER_FORKED_WORKER if context.get_start_method() == "fork"
                                else _MIN_PAGES_PER_SPAWNED_WORKER)
         first = list(itertools.islice(windows, min_pages)) if workers > 1 else []
         if len(first) < min_pages:  # a small export (or workers=1): build the pages here
             for last, hi in itertools.chain(first, windows):
-                page = reader.read(last, hi)
-                yield _EMPTY_PAGE if page is None else _page_text(page, fmt, split_val, answer_format)
+                yield _window_text(reader, last, hi, fmt, split_val, answer_format)
             return
         all_windows = first + list(windows)  # ids only: 500 pairs for a million rows
         imported = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar() if conn.dialect.name == "postgresql" else None
@@ -730,8 +735,7 @@ def _start_worker(url: str, imported: str | None, f: ExportFilter, fmt: ExportFo
 
 
 def _worker_page(window: tuple[int, int]) -> PageText:
-    page = _worker_state["reader"].read(*window)
-    return _EMPTY_PAGE if page is None else _page_text(page, *_worker_state["args"])
+    return _window_text(_worker_state["reader"], *window, *_worker_state["args"])
 
 
 # --- CLI -------------------------------------------------------------------------------------------

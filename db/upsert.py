@@ -68,6 +68,14 @@ def _json_converters(columns: Sequence[sa.Column]) -> list[tuple[int, Any]]:
     return [(i, _memoized(_to_json)) for i, c in enumerate(columns) if isinstance(c.type, sa.JSON)]
 
 
+def _converted(row: Sequence[Any], converters: list[tuple[int, Any]]) -> list[Any]:
+    """The row's values, with the JSON columns' converted."""
+    values = list(row)
+    for i, convert in converters:
+        values[i] = convert(values[i])
+    return values
+
+
 def insert_ignore(
     conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]], *, returning: Sequence[sa.Column] = ()
 ) -> list[tuple]:
@@ -120,10 +128,7 @@ def insert_ignore_values(
             params: list[Any] = []
             if converters:
                 for row in chunk:
-                    values = list(row)
-                    for i, convert in converters:
-                        values[i] = convert(values[i])
-                    params.extend(values)
+                    params.extend(_converted(row, converters))
             else:
                 for row in chunk:
                     params.extend(row)
@@ -193,12 +198,7 @@ def update_many(
         else:
             converters = _json_converters([table.c[n] for n in (key, *names)])
             sets = ", ".join(f"{quote(n)} = ?" for n in names)
-            params = []
-            for row in rows:
-                values = list(row)
-                for i, convert in converters:
-                    values[i] = convert(values[i])
-                params.append([*values[1:], values[0]])
+            params = [[*values[1:], values[0]] for values in (_converted(row, converters) for row in rows)]
             cursor.executemany(f"UPDATE {quote(table.name)} SET {sets} WHERE {quote(key)} = ?", params)
     finally:
         cursor.close()

@@ -97,18 +97,20 @@ class Linear(nn.Linear):
         return _matmul_t(x2, weight if packed is None else packed).view(*x.shape[:-1], self.out_features)
 
     def _onednn_applies(self, x: Tensor, weight: Tensor) -> bool:
-        return (_ENABLED and _AVAILABLE and self.bias is None and x.device.type == "cpu"
-                and x.dtype == torch.float32 and weight.dtype == torch.float32
-                and type(weight) in (nn.Parameter, Tensor) and x.numel() > 0
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+        return (self._weight_fits_onednn(weight) and x.device.type == "cpu" and x.dtype == torch.float32
+                and x.numel() > 0 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+    def _weight_fits_onednn(self, weight: Tensor) -> bool:
+        """oneDNN is on and this layer's weight is a plain fp32 CPU tensor, with no bias beside it."""
+        return (_ENABLED and _AVAILABLE and self.bias is None and weight.device.type == "cpu"
+                and weight.dtype == torch.float32 and type(weight) in (nn.Parameter, Tensor))
 
     # -- inference packs ------------------------------------------------------------------------
 
     def pack_for_inference(self) -> bool:
         """Keep the weight in oneDNN's blocked layout for no-grad calls (a copy); True when one is held."""
         weight = self.weight
-        if not (_ENABLED and _AVAILABLE and self.bias is None and weight.device.type == "cpu"
-                and weight.dtype == torch.float32 and type(weight) in (nn.Parameter, Tensor)):
+        if not self._weight_fits_onednn(weight):
             return False
         if self._valid_pack() is None:
             try:
