@@ -68,8 +68,11 @@ def _fmt_counts(counts: dict[str, int]) -> str:
 def format_funnel(f: dict[str, Any]) -> str:
     """The funnel as a small text table (one stage per line)."""
     run, p, t, s, e, tr = f["run"], f["problems"], f["tests"], f["solutions"], f["executions"], f["triples"]
+    driver = ""
+    if run.get("driver"):
+        driver = f", driven by {run['driver']}, last heartbeat {run['heartbeat_age_s']:.0f} s ago"
     lines = [
-        f"run {run['name']} (id {run['id']}, {run['status']}, code {run['code_version']})",
+        f"run {run['name']} (id {run['id']}, {run['status']}, code {run['code_version']}{driver})",
         f"  problems    calls {p['calls']}, parsed {p['parsed']}, exact duplicates {p['exact_duplicates']}, "
         f"stored {p['stored']}: accepted {p['accepted']}, near-duplicate {p['near_duplicate']}, contaminated {p['contaminated']}",
         f"  tests       done {t['done']}, failed {t['failed']} ({_fmt_counts(t['failures'])}), pending {t['pending']}; "

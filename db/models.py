@@ -47,7 +47,8 @@ def _created_at() -> Mapped[datetime]:
 
 
 class Run(Base):
-    """One pipeline run: its configuration (and fingerprint, to refuse resuming under another config)."""
+    """One pipeline run: its configuration (and fingerprint, to refuse resuming under another config),
+    and the lease of the one driver that works on it."""
 
     __tablename__ = "runs"
 
@@ -62,6 +63,9 @@ class Run(Base):
         sa.DateTime(timezone=True), server_default=sa.func.now(), onupdate=sa.func.now(), nullable=False
     )
     finished_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # the driver process holding the run (db/lease.py) and when it last said it is alive
+    driver: Mapped[str | None] = mapped_column(sa.String(300))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
     __table_args__ = (sa.CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),)
 

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from db import lease
 from db.dbapi import execute, fetch, has_fast_path, in_ids
 from db.engine import read_transaction, write_transaction
 from db.models import Execution, LLMCall, Problem, Run, Solution, Test, Triple
@@ -71,11 +72,16 @@ def start_run(
     code_version: str,
     *,
     allow_config_change: bool = False,
+    driver: str | None = None,
+    take_over: bool = False,
+    lease_ttl_s: float = lease.LEASE_TTL_S,
 ) -> int:
     """Create the run `name`, or resume it; returns its id.
 
     Resuming under a different config fingerprint is refused (UserError) unless `allow_config_change`,
-    in which case the stored config and fingerprint are replaced by the new ones.
+    in which case the stored config and fingerprint are replaced by the new ones. With `driver`, the
+    run's lease is taken for it in the same transaction (db/lease.py): refused (RunBusy) while another
+    live driver holds it, unless `take_over`.
     """
     with write_transaction(engine) as conn:
         insert_ignore(
@@ -92,6 +98,8 @@ def start_run(
             ],
         )
         row = conn.execute(sa.select(runs_t.c.id, runs_t.c.config_fingerprint).where(runs_t.c.name == name)).one()
+        if driver is not None:
+            lease.claim(conn, row.id, name, driver, ttl_s=lease_ttl_s, take_over=take_over)
         values: dict[str, Any] = dict(
             status="running", code_version=code_version, finished_at=None, updated_at=sa.func.now()
         )
@@ -106,11 +114,14 @@ def start_run(
         return int(row.id)
 
 
-def finish_run(engine: Engine, run_id: int, status: str = "finished") -> None:
-    """Mark a run finished or failed (resuming it later sets it back to running)."""
+def finish_run(engine: Engine, run_id: int, status: str = "finished", *, driver: str | None = None) -> bool:
+    """Mark a run finished or failed (resuming it later sets it back to running). With `driver`, only
+    while that driver holds the run's lease, which it gives up; returns whether the status was set."""
     if status not in ("finished", "failed", "running"):
         raise ValueError(f"unknown run status {status!r}")
     with write_transaction(engine) as conn:
+        if driver is not None and not lease.release(conn, run_id, driver):
+            return False  # another driver took the run over: its status is that driver's to set
         finished_at = None if status == "running" else sa.func.now()
         result = conn.execute(
             sa.update(runs_t)
@@ -119,6 +130,7 @@ def finish_run(engine: Engine, run_id: int, status: str = "finished") -> None:
         )
         if result.rowcount != 1:
             raise ValueError(f"no run with id {run_id}")
+    return True
 
 
 def run_names(engine: Engine) -> list[str]:
@@ -789,7 +801,14 @@ def funnel(engine: Engine, run_id: int) -> dict[str, Any]:
     executed = sum(outcomes.values())
     problem_calls = by_stage.get("problems")
     return {
-        "run": {"id": run.id, "name": run.name, "status": run.status, "code_version": run.code_version},
+        "run": {
+            "id": run.id,
+            "name": run.name,
+            "status": run.status,
+            "code_version": run.code_version,
+            "driver": run.driver,  # the lease holder (db/lease.py), None when no driver works on it
+            "heartbeat_age_s": None if run.heartbeat_at is None else round(lease.holder_age_s(run.heartbeat_at), 1),
+        },
         "problems": {
             "calls": int(problem_calls[1]) if problem_calls else 0,
             "parsed": int(problem_calls[5]) if problem_calls else 0,

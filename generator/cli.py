@@ -39,6 +39,11 @@ def _add_run_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="resume a run whose recipe (config fingerprint) differs from this configuration",
     )
+    parser.add_argument(
+        "--take-over",
+        action="store_true",
+        help="drive the run even though another driver's lease on it has not lapsed (that driver stops)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress bars")
     parser.add_argument("--json", action="store_true", help="also print the run report as one JSON line on stdout")
 
@@ -68,6 +73,7 @@ def _run(args: argparse.Namespace) -> int:
         console=console,
         progress=False if args.no_progress else None,
         allow_config_change=args.allow_config_change,
+        take_over=args.take_over,
     ).run()
     render_report(report, console)
     if args.json:

@@ -35,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from db import queries
+from db import lease, queries
 from db.engine import init_db, make_engine
 from generator.backends.base import Backend, BackendError, Completion, GenerationRequest
 from generator.config import PipelineConfig, PluginBackendConfig
@@ -208,6 +208,7 @@ class Pipeline:
         console: Console | None = None,
         progress: bool | None = None,
         allow_config_change: bool = False,
+        take_over: bool = False,
         plot: bool = True,
     ) -> None:
         self.cfg = cfg
@@ -216,6 +217,7 @@ class Pipeline:
         self.show_progress = self.console.is_terminal if progress is None else progress
         self.progress_lines = progress is None and not self.console.is_terminal
         self.allow_config_change = allow_config_change
+        self.take_over = take_over
         self.plot = plot
         self._resources = Resources(cfg, backends, sandbox)
         self._stop = threading.Event()
@@ -232,6 +234,7 @@ class Pipeline:
             from generator.ray_cluster import ensure_ray
 
             ensure_ray(self.cfg.ray.address)
+        driver = lease.new_driver_id()
         run_id = queries.start_run(
             engine,
             self.cfg.run,
@@ -239,6 +242,8 @@ class Pipeline:
             self.cfg.fingerprint(),
             code_version(),
             allow_config_change=self.allow_config_change,
+            driver=driver,
+            take_over=self.take_over,
         )
         ctx = StageContext(engine=engine, run_id=run_id, cfg=self.cfg)
         executions = ExecutionsStage(ctx, self._resources.sandbox)
@@ -250,7 +255,7 @@ class Pipeline:
         }
         status = "failed"
         try:
-            with self._progress(engine, run_id):
+            with lease.Heartbeat(engine, run_id, driver, self._lease_lost), self._progress(engine, run_id):
                 self._run_stages(stages)
             queries.select_triples(engine, run_id, self.cfg.selection, self.cfg.seed)
             status = "finished"
@@ -258,7 +263,7 @@ class Pipeline:
             with contextlib.suppress(Exception):
                 executions.close()
             self._resources.close()
-            queries.finish_run(engine, run_id, status)
+            queries.finish_run(engine, run_id, status, driver=driver)
         report = build_report(
             engine,
             run_id,
@@ -270,6 +275,17 @@ class Pipeline:
             report.plot_path = str(plot_funnel(report, default_plot_path(self.cfg.db, self.cfg.run)))
         engine.dispose()
         return report
+
+    def _lease_lost(self, holder: str | None) -> None:
+        """Another driver took the run over: stop after the batches in flight (their rows are kept)."""
+        error = lease.LeaseLost(
+            f"run {self.cfg.run!r} was taken over by {holder or 'another driver'}; this driver stopped "
+            "(everything it recorded is kept)"
+        )
+        self._errors.append(StageFailed("driver", error))
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
 
     def _run_stages(self, stages: dict[str, Any]) -> None:
         done = {name: threading.Event() for name in stages}
@@ -295,6 +311,8 @@ class Pipeline:
         if self._errors:
             failure = self._errors[0]
             error = failure.error
+            if isinstance(error, lease.LeaseLost):
+                raise error
             if isinstance(error, UserError) and not isinstance(error, BackendError):
                 raise UserError(f"{failure.stage} stage: {error}") from None
             if isinstance(error, BackendError):

@@ -1,4 +1,5 @@
-"""Resumability: the driver, SIGKILLed at random moments and restarted, ends exactly like an uninterrupted run."""
+"""Resumability: the driver, SIGKILLed at random moments and restarted, ends exactly like an uninterrupted
+run; a second driver on a running run is refused, or takes it over and the first one stops."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLS = 6
 
 
-def _driver(config: Path) -> subprocess.Popen:
+def _driver(config: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "generator", "run", "--config", str(config), "--no-progress"],
+        [sys.executable, "-m", "generator", "run", "--config", str(config), "--no-progress", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -109,3 +110,39 @@ def test_sigterm_stops_gracefully_and_the_rerun_completes(tmp_path, docker_clien
     _finish(_driver(config))
     assert {(text, code) for text, code, _ in triples(url, "e2e")} == EXPECTED_TRIPLES
     assert duplicate_rows(url) == dict.fromkeys(duplicate_rows(url), 0)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_second_driver_is_refused_and_a_take_over_stops_the_first(tmp_path, docker_client):
+    db = tmp_path / "two.db"
+    url = f"sqlite:///{db}"
+    # calls of 3 s: the run outlasts the first driver's next heartbeat (every 10 s) after the take-over
+    config = write_config(tmp_path / "two.yaml", config_dict(db, delay_s=3.0))
+    first = _driver(config)
+    deadline = time.monotonic() + 90
+    while first.poll() is None and time.monotonic() < deadline:
+        counts = _counts(url)
+        if counts and counts["problems"] > 0:
+            break
+        time.sleep(0.1)
+    assert first.poll() is None, "the first driver ended before the second one started"
+
+    second = _driver(config)
+    output, _ = second.communicate(timeout=60)
+    lines = output.decode(errors="replace").strip().splitlines()
+    assert second.returncode == 2, lines
+    assert lines[-1].startswith("error: run 'e2e' is being driven by ") and "--take-over" in lines[-1], lines
+    with sqlite3.connect(db) as conn:  # refused before any work: every call row is the first driver's
+        assert conn.execute("SELECT status FROM runs").fetchone() == ("running",)
+
+    third = _driver(config, "--take-over")
+    output, _ = first.communicate(timeout=120)  # its next heartbeat (10 s) finds the lease taken
+    assert first.returncode == 2, output.decode(errors="replace")[-2000:]
+    assert b"was taken over by " in output
+    _finish(third)
+    assert {(text, code) for text, code, _ in triples(url, "e2e")} == EXPECTED_TRIPLES
+    assert duplicate_rows(url) == dict.fromkeys(duplicate_rows(url), 0)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT status, driver FROM runs").fetchone() == ("finished", None)
