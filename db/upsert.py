@@ -47,32 +47,17 @@ def _json_payload(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return to_json([dict(zip(names, row)) for row in rows], inf_nan_mode="strings").decode()
 
 
-def _memoized(convert):  # (Callable[[Any], Any]) -> Callable[[Any], Any]
-    """`convert`, computed once per distinct object: keyed by id(), valid while the caller's rows keep
-    every value alive (one insert call)."""
-    memo: dict[int, Any] = {}
-
-    def cached(value: Any) -> Any:
-        key = id(value)
-        if key not in memo:
-            memo[key] = convert(value)
-        return memo[key]
-
-    return cached
+def _json_columns(columns: Sequence[sa.Column]) -> list[int]:
+    """Positions of the JSON columns (JSONB on PostgreSQL, a variant of JSON): SQLite takes their value
+    as JSON text."""
+    return [i for i, c in enumerate(columns) if isinstance(c.type, sa.JSON)]
 
 
-def _json_converters(columns: Sequence[sa.Column]) -> list[tuple[int, Any]]:
-    """(position, converter) for the JSON columns (JSONB on PostgreSQL, a variant of JSON): SQLite takes
-    their value as JSON text. A value shared by many rows (the sampling parameters of n samples) is
-    serialized once."""
-    return [(i, _memoized(_to_json)) for i, c in enumerate(columns) if isinstance(c.type, sa.JSON)]
-
-
-def _converted(row: Sequence[Any], converters: list[tuple[int, Any]]) -> list[Any]:
-    """The row's values, with the JSON columns' converted."""
+def _converted(row: Sequence[Any], json_columns: list[int]) -> list[Any]:
+    """The row's values, with the JSON columns' serialized."""
     values = list(row)
-    for i, convert in converters:
-        values[i] = convert(values[i])
+    for i in json_columns:
+        values[i] = _to_json(values[i])
     return values
 
 
@@ -119,16 +104,16 @@ def insert_ignore_values(
                 if returning:
                     inserted.extend(tuple(r) for r in cursor.fetchall())
             return inserted
-        converters = _json_converters([table.c[n] for n in names])
+        json_columns = _json_columns([table.c[n] for n in names])
         row_sql = "(" + ", ".join(["?"] * len(names)) + ")"
         head = f"INSERT INTO {quote(table.name)} ({cols}) VALUES "
         per_statement = max(1, min(_MAX_ROWS_PER_STATEMENT, _SQLITE_MAX_PARAMS // len(names)))
         for start in range(0, len(rows), per_statement):
             chunk = rows[start : start + per_statement]
             params: list[Any] = []
-            if converters:
+            if json_columns:
                 for row in chunk:
-                    params.extend(_converted(row, converters))
+                    params.extend(_converted(row, json_columns))
             else:
                 for row in chunk:
                     params.extend(row)
@@ -196,9 +181,9 @@ def update_many(
             for start in range(0, len(rows), _MAX_ROWS_PER_STATEMENT):
                 cursor.execute(sql, [_json_payload((key, *names), rows[start : start + _MAX_ROWS_PER_STATEMENT])])
         else:
-            converters = _json_converters([table.c[n] for n in (key, *names)])
+            json_columns = _json_columns([table.c[n] for n in (key, *names)])
             sets = ", ".join(f"{quote(n)} = ?" for n in names)
-            params = [[*values[1:], values[0]] for values in (_converted(row, converters) for row in rows)]
+            params = [[*values[1:], values[0]] for values in (_converted(row, json_columns) for row in rows)]
             cursor.executemany(f"UPDATE {quote(table.name)} SET {sets} WHERE {quote(key)} = ?", params)
     finally:
         cursor.close()
