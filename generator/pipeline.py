@@ -255,9 +255,11 @@ class Pipeline:
         }
         status = "failed"
         try:
-            with lease.Heartbeat(engine, run_id, driver, self._lease_lost), self._progress(engine, run_id):
-                self._run_stages(stages)
-            queries.select_triples(engine, run_id, self.cfg.selection, self.cfg.seed)
+            with lease.Heartbeat(engine, run_id, driver, self._lease_lost):
+                with self._progress(engine, run_id):
+                    self._run_stages(stages)
+                # the lease is renewed through the final selection too
+                queries.select_triples(engine, run_id, self.cfg.selection, self.cfg.seed)
             status = "finished"
         finally:
             with contextlib.suppress(Exception):

@@ -38,6 +38,16 @@ def _counts(url: str) -> dict[str, int] | None:
         return None
 
 
+def _wait_for_rows(process: subprocess.Popen, url: str, table: str, timeout: float = 90) -> None:
+    """Until the driver has written rows to `table` (or ended, or `timeout` passed)."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        counts = _counts(url)
+        if counts and counts[table] > 0:
+            return
+        time.sleep(0.1)
+
+
 def _finish(process: subprocess.Popen, timeout: float = 120) -> None:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output.decode(errors="replace")[-3000:]
@@ -95,12 +105,7 @@ def test_sigterm_stops_gracefully_and_the_rerun_completes(tmp_path, docker_clien
     url = f"sqlite:///{db}"
     config = write_config(tmp_path / "term.yaml", config_dict(db, delay_s=0.8))
     process = _driver(config)
-    deadline = time.monotonic() + 90
-    while process.poll() is None and time.monotonic() < deadline:
-        counts = _counts(url)
-        if counts and counts["solutions"] > 0:
-            break
-        time.sleep(0.1)
+    _wait_for_rows(process, url, "solutions")
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 130, output.decode(errors="replace")[-2000:]
@@ -121,12 +126,7 @@ def test_a_second_driver_is_refused_and_a_take_over_stops_the_first(tmp_path, do
     # calls of 3 s: the run outlasts the first driver's next heartbeat (every 10 s) after the take-over
     config = write_config(tmp_path / "two.yaml", config_dict(db, delay_s=3.0))
     first = _driver(config)
-    deadline = time.monotonic() + 90
-    while first.poll() is None and time.monotonic() < deadline:
-        counts = _counts(url)
-        if counts and counts["problems"] > 0:
-            break
-        time.sleep(0.1)
+    _wait_for_rows(first, url, "problems")
     assert first.poll() is None, "the first driver ended before the second one started"
 
     second = _driver(config)
