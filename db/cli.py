@@ -117,6 +117,7 @@ def _runs(args: argparse.Namespace) -> int:
     import sqlalchemy as sa
 
     from db.engine import make_engine, read_transaction, require_schema
+    from db.lease import holder_age_s
     from db.models import Run
 
     engine = make_engine(args.db, must_exist=True)
@@ -124,15 +125,18 @@ def _runs(args: argparse.Namespace) -> int:
         require_schema(engine)
         with read_transaction(engine) as conn:
             rows = conn.execute(
-                sa.select(Run.id, Run.name, Run.status, Run.code_version, Run.created_at, Run.finished_at).order_by(
-                    Run.id
-                )
+                sa.select(
+                    Run.id, Run.name, Run.status, Run.code_version, Run.created_at, Run.finished_at, Run.driver,
+                    Run.heartbeat_at,
+                ).order_by(Run.id)
             ).all()
     finally:
         engine.dispose()
     for r in rows:
+        driver = f"\tdriven by {r.driver} (last heartbeat {holder_age_s(r.heartbeat_at):.0f} s ago)" if r.driver else ""
         print(
             f"{r.id}\t{r.name}\t{r.status}\t{r.code_version}\tcreated {r.created_at}\tfinished {r.finished_at or '-'}"
+            + driver
         )
     return 0
 

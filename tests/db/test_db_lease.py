@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from db import lease, queries
 from db.cli import format_funnel
+from db.cli import main as db_main
 from db.models import Run
 
 runs_t = Run.__table__
@@ -37,7 +38,7 @@ def _set_holder(engine: sa.Engine, run_id: int, driver: str, age_s: float) -> No
         )
 
 
-def test_a_second_live_driver_is_refused_with_one_line_naming_the_holder_and_the_fix(engine):
+def test_a_second_live_driver_is_refused_with_one_line_naming_the_holder_and_the_fix(engine, capsys):
     first, second = lease.new_driver_id(), lease.new_driver_id()
     run_id = _start(engine, first)
     assert _holder(engine, run_id) == (first, "running")
@@ -49,6 +50,8 @@ def test_a_second_live_driver_is_refused_with_one_line_naming_the_holder_and_the
     assert _holder(engine, run_id) == (first, "running")
     shown = format_funnel(queries.funnel(engine, run_id)).splitlines()[0]  # `selfinstruct db stats`
     assert f"running, code v, driven by {first}, last heartbeat 0 s ago" in shown
+    assert db_main(["runs", "--db", engine.url.render_as_string(hide_password=False)]) == 0  # `db runs`
+    assert capsys.readouterr().out.rstrip("\n").endswith(f"\tdriven by {first} (last heartbeat 0 s ago)")
 
 
 def test_a_lapsed_lease_is_taken_and_the_old_driver_can_no_longer_renew_or_finish(engine):
