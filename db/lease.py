@@ -77,8 +77,14 @@ def _process_gone(driver: str) -> bool:
         return True
     except (PermissionError, ValueError):
         return False
-    try:  # a killed driver its parent has not reaped yet is a zombie: still signalable, but gone
-        with open(f"/proc/{int(pid)}/stat") as fh:
+    # a killed driver its parent has not reaped yet is a zombie: still signalable, but gone
+    return is_zombie(int(pid))
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether process `pid` has ended but not been reaped (Linux's /proc; False where unknown)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
             return fh.read().rpartition(")")[2].split()[0] == "Z"
     except (OSError, IndexError):
         return False

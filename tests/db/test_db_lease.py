@@ -92,11 +92,9 @@ def test_an_unreaped_killed_holder_counts_as_gone(engine):
             _start(engine, lease.new_driver_id())  # alive
         child.kill()
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # not waited for: a zombie until the test reaps it below
-            with open(f"/proc/{child.pid}/stat") as fh:
-                if fh.read().rpartition(")")[2].split()[0] == "Z":
-                    break
+        while time.monotonic() < deadline and not lease.is_zombie(child.pid):  # reaped only below
             time.sleep(0.02)
+        assert lease.is_zombie(child.pid)
         assert _start(engine, lease.new_driver_id()) == run_id
     finally:
         child.kill()
