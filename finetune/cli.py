@@ -31,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-data", action="append", metavar="PATH",
                         help="a validation export (e.g. the NAME.val.jsonl of `export --split-val`); "
                              "without it data.val_fraction of --data is held out")
+    parser.add_argument("--recipe", action="append", choices=["warmup", "instruct"], metavar="{warmup,instruct}",
+                        help="train on the bundled recipe corpus's train split too: `warmup` in the pipeline's three "
+                             "stage formats (teaches a model to write problem lists, [TESTS] and [PYTHON] answers), "
+                             "`instruct` as instruct examples; repeat for both")
     parser.add_argument("--model", help="checkpoint directory (Meta or HF layout) or a preset name")
     parser.add_argument("--out", help="output directory (checkpoints, metrics, final model)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -50,11 +54,13 @@ def _absolute(path: str) -> str:
 
 
 def build_config(args: argparse.Namespace) -> FinetuneConfig:
-    from finetune.config import load_config
+    from finetune.config import BUNDLED, load_config
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append("data.paths=[" + ", ".join(f'"{_absolute(p)}"' for p in args.data) + "]")
+    for part in args.recipe or []:
+        overrides.append(f"data.recipe.{part}=true")
     if args.val_data:
         overrides.append("data.val_paths=[" + ", ".join(f'"{_absolute(p)}"' for p in args.val_data) + "]")
     if args.model:
@@ -80,6 +86,8 @@ def build_config(args: argparse.Namespace) -> FinetuneConfig:
     if source and Path(source).exists():
         source = _absolute(source)
     model = config.model.model_copy(update={"source": source})
+    if data.recipe.path != BUNDLED:
+        data = data.model_copy(update={"recipe": data.recipe.model_copy(update={"path": _absolute(data.recipe.path)})})
     return config.model_copy(update={"out_dir": _absolute(config.out_dir), "data": data, "model": model})
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from selfinstruct.errors import UserError
 
 PAPER_ANSWER_FORMAT = "[PYTHON]\n{solution}\n[/PYTHON]"
-BUNDLED = "bundled"  # a rehearsal path that means finetune/data/
+BUNDLED = "bundled"  # a data path that means the file shipped with the project
 
 
 class _Strict(BaseModel):
@@ -43,12 +43,38 @@ class InfillingConfig(_Strict):
     spm_fraction: float = Field(default=0.5, ge=0.0, le=1.0)  # the rest is prefix-suffix-middle
 
 
+class RecipeConfig(_Strict):
+    """The bundled recipe corpus (generator/corpus.py) as training data; only its train split is ever used.
+
+    `warmup` teaches the pipeline's three stage formats (finetune/recipe_warmup.py): a random or base model
+    learns to write problem lists, `[TESTS]` blocks and `[PYTHON]` answers. `instruct` adds the train
+    split as instruct examples (problem -> `[PYTHON]` solution), like exported triples, for runs where
+    too few triples passed. The held-out split's stage documents are the validation set when no other is
+    given, so the validation loss measures problems the model never trained on.
+    """
+
+    warmup: bool = False
+    instruct: bool = False
+    path: str = BUNDLED  # "bundled" (generator/data/recipe_corpus.jsonl) or a corpus JSONL of the same fields
+    list_sizes: list[int] = Field(default=[10], min_length=1)  # questions per problem-list document
+    list_rounds: int = Field(default=3, ge=0)  # how often each problem is a trained list item per epoch
+    solution_variants: int = Field(default=2, ge=1)  # solution calls per problem, each showing another test
+    max_problems: int | None = Field(default=None, ge=1)  # a seeded sample of the train split (a short warm-up)
+
+    @field_validator("list_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if min(value) < 1:
+            raise ValueError("list sizes must be >= 1")
+        return value
+
+
 class DataConfig(_Strict):
     paths: list[str] = []  # export files (`selfinstruct export`), set by --data
     format: Literal["auto", "jsonl", "chat"] = "auto"
     answer_format: str = PAPER_ANSWER_FORMAT  # for jsonl rows; `{solution}` is replaced
     system: str | None = None  # an optional system message merged into every user turn
-    seq_len: int = Field(default=2048, gt=1)
+    seq_len: int | None = Field(default=None, gt=1)  # None: the model's max_seq_len
     packing: bool = True  # False: length-bucketed, padded batches
     val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)  # split from `paths` when `val_paths` is empty
     val_paths: list[str] = []  # a validation export (`selfinstruct export --split-val` writes NAME.val.jsonl)
@@ -57,6 +83,7 @@ class DataConfig(_Strict):
         RehearsalSource(name="natural_language", kind="text", proportion=0.02),
     ]
     infilling: InfillingConfig = InfillingConfig()
+    recipe: RecipeConfig = RecipeConfig()
 
     @field_validator("answer_format")
     @classmethod

