@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from db import queries
 from db.engine import normalize_url, read_transaction
 from db.models import LLMCall
+from generator.novelty import Novelty, novelty
 from generator.parsers import parse_problems, parse_tests
 
 _STREAM_ROWS = 1000
@@ -38,6 +39,7 @@ class RunReport(BaseModel):
     executed_now: int = Field(default=0, description="executions recorded by that invocation")
     executions_per_s: float | None = None
     plot_path: str | None = None
+    novelty: Novelty | None = Field(default=None, description="what is not simply the bundled recipe corpus")
 
     @property
     def triples(self) -> int:
@@ -85,6 +87,7 @@ def build_report(
         wall_s=wall_s,
         executed_now=executed_now,
         executions_per_s=executed_now / execution_busy_s if executed_now and execution_busy_s > 0 else None,
+        novelty=novelty(engine, run_id),
     )
 
 
@@ -143,6 +146,13 @@ def render_report(report: RunReport, console: Console | None = None) -> None:
     )
     table.add_row("triples", f"{f['triples']['count']} ({_reasons(f['triples']['by_rule'])})", "", "")
     console.print(table)
+    if (n := report.novelty) is not None and n.accepted:
+        console.print(
+            f"against the bundled recipe corpus: {n.new_problems} of {n.accepted} accepted problems are new "
+            f"(not a corpus problem after normalization); {n.triples_unlike_reference} of {n.triples} triples "
+            f"have a solution unlike the corpus's reference ({n.triples_new_problem} for new problems, "
+            f"{n.triples_other_solution} other solutions to corpus problems)"
+        )
     timing = []
     if report.wall_s is not None:
         timing.append(f"wall time {report.wall_s:.1f} s")
