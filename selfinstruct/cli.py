@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generator.cli:generate_main", "run (or resume) the self-instruct pipeline"),
     "export": ("db.export:main", "export passing triples as JSONL or Llama 2 chat data"),
     "finetune": ("finetune.cli", "instruct fine-tuning of the project's own model"),
+    "eval": ("evaluation.cli", "pass@k of a model or samples file in the sandbox; Table 8 comparison"),
 }
 
 
