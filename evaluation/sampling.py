@@ -60,12 +60,12 @@ def backend_config(model: str | None, backend: str | None, out_dir: Path, device
 def open_backend(cfg: BackendConfig) -> Backend:
     from generator.backends.factory import make_backend
 
+    where = getattr(cfg, "checkpoint", None) or getattr(cfg, "model", None) or cfg.kind
     try:
         return make_backend(cfg)
-    except UserError:
-        raise
+    except UserError as exc:
+        raise UserError(f"cannot load the model {where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a checkpoint that cannot be loaded is the user's to fix
-        where = getattr(cfg, "checkpoint", None) or getattr(cfg, "model", None) or cfg.kind
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise UserError(f"cannot load the model {where}: {exc.__class__.__name__}: {first}") from None
 
