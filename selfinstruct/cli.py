@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("db.export:main", "export triples (JSONL, Llama 2 chat), preference pairs or RL prompts (Parquet)"),
     "select": ("db.selection:main", "apply a selection rule to a run's stored executions (nothing re-executed)"),
     "finetune": ("finetune.cli", "instruct fine-tuning of the project's own model"),
+    "eval": ("evaluation.cli", "pass@k of a model or samples file in the sandbox; Table 8 comparison"),
 }
 
 
