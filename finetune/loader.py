@@ -81,7 +81,7 @@ class TrainingStream:
             order = list(range(len(docs)))
             rng.shuffle(order)
             if self.share_prefixes:
-                rows = pack_rows_sharing(docs, order, self.seq_len)
+                rows = pack_rows_sharing(docs, order, self.seq_len, rng)
             else:
                 rows = [[order[i] for i in row] for row in pack_rows([len(docs[i]) for i in order], self.seq_len)]
         else:

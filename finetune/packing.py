@@ -27,6 +27,7 @@ from finetune.data import TokenizedDoc
 IGNORE_INDEX = -100
 PAD_TOKEN = 0
 MIN_SHARED = 16  # a shorter common prefix is not worth an extra span
+_FAMILY_TOKENS = 64  # documents are grouped for sharing by this many leading tokens
 
 
 @dataclass
@@ -118,10 +119,14 @@ def row_width(docs: list[TokenizedDoc], row: list[int], share: bool) -> int:
     return sum(len(docs[i]) - shared for i, (_, shared) in zip(row, row_layout(docs, row), strict=True))
 
 
-def pack_rows_sharing(docs: list[TokenizedDoc], order: list[int], seq_len: int,
+def pack_rows_sharing(docs: list[TokenizedDoc], order: list[int], seq_len: int, rng: random.Random,
                       open_rows: int = 16) -> list[list[int]]:
-    """Like `pack_rows`, over `docs` in `order`, but each document goes to the open row where it costs the
-    fewest tokens (a row already holding its prompt in full takes only its tail; ties: the first row)."""
+    """Rows for `docs` where documents with a common prompt sit together: `order` (shuffled) is sorted by
+    the documents' first tokens, so the same prompt's documents come in a run (in shuffled order among
+    themselves); each goes to the open row where it costs the fewest tokens (a row already holding its
+    prompt in full takes only its tail; ties: the first row); the rows are shuffled at the end. Which
+    documents share a row changes no document's loss, only how many tokens are computed."""
+    order = sorted(order, key=lambda i: docs[i].ids[:_FAMILY_TOKENS])
     rows: list[list[int]] = []
     room: list[int] = []
     full: list[list[int]] = []  # per row, the documents written in full (the ones others can read)
@@ -147,6 +152,7 @@ def pack_rows_sharing(docs: list[TokenizedDoc], order: list[int], seq_len: int,
         room[r] -= cost
         if cost == len(doc):
             full[r].append(index)
+    rng.shuffle(rows)
     return rows
 
 

@@ -7,10 +7,12 @@
 #      solutions -> sandbox -> triples); rerunning resumes from the database instead of redoing work
 #   4. export the triples (Llama 2 chat format) and fine-tune the demo model on them (with the bundled
 #      rehearsal mix; the corpus's instruct examples only when fewer than 20 triples passed)
-#   5. the run report again, and where everything is
+#   5. the paper's Table 8 comparison: the demo model before and after that fine-tuning, greedy, on the
+#      recipe corpus's held-out split and HumanEval, scored in the same sandbox (`selfinstruct eval`)
+#   6. the run report again, and where everything is
 # Everything lands under runs/quickstart/. Extra arguments go to `selfinstruct generate` (e.g. --set ...).
-# Smaller runs (CI): QUICKSTART_WARMUP_PROBLEMS (default 40), QUICKSTART_WARMUP_STEPS (450),
-# QUICKSTART_FT_STEPS (40).
+# Smaller runs (CI): QUICKSTART_WARMUP_PROBLEMS (default 48), QUICKSTART_WARMUP_STEPS (540),
+# QUICKSTART_FT_STEPS (40), QUICKSTART_EVAL_LIMIT (20 problems per benchmark).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -18,11 +20,12 @@ say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 start=$(date +%s)
 step_start=$start
 took() { local now; now=$(date +%s); echo "($1: $((now - step_start)) s)" >&2; step_start=$now; }
-WARMUP_PROBLEMS="${QUICKSTART_WARMUP_PROBLEMS:-40}"
-WARMUP_STEPS="${QUICKSTART_WARMUP_STEPS:-450}"
+WARMUP_PROBLEMS="${QUICKSTART_WARMUP_PROBLEMS:-48}"
+WARMUP_STEPS="${QUICKSTART_WARMUP_STEPS:-540}"
 FT_STEPS="${QUICKSTART_FT_STEPS:-40}"
+EVAL_LIMIT="${QUICKSTART_EVAL_LIMIT:-20}"
 
-say "1/5 set-up (scripts/setup.sh)"
+say "1/6 set-up (scripts/setup.sh)"
 scripts/setup.sh
 SI=.venv/bin/selfinstruct
 OUT=runs/quickstart
@@ -30,7 +33,7 @@ DB="sqlite:///$OUT/selfinstruct.db"
 mkdir -p "$OUT"
 took set-up
 
-say "2/5 the demo model: a random Llama ('demo' preset) taught the recipe's formats (once; reused on rerun)"
+say "2/6 the demo model: a random Llama ('demo' preset) taught the recipe's formats (once; reused on rerun)"
 if [ ! -f "$OUT/base/config.json" ]; then
   $SI model init --preset demo --out "$OUT/base"
 fi
@@ -44,11 +47,11 @@ else
 fi
 took "demo model"
 
-say "3/5 the self-instruct pipeline (generator/configs/quickstart.yaml; rerun resumes)"
+say "3/6 the self-instruct pipeline (generator/configs/quickstart.yaml; rerun resumes)"
 $SI generate --config generator/configs/quickstart.yaml "$@"
 took pipeline
 
-say "4/5 export and instruct fine-tuning on the triples"
+say "4/6 export and instruct fine-tuning on the triples"
 # every run in the quickstart's database, so `--set run=NAME` (a new recipe) is exported too
 $SI export --db "$DB" --format chat --out "$OUT/export/train.jsonl" --split-val 0.1
 triples=$(cat "$OUT"/export/train*.jsonl 2>/dev/null | wc -l)
@@ -69,7 +72,18 @@ else
 fi
 took "export and fine-tuning"
 
-say "5/5 the run report and where things are"
+say "5/6 the demo model before and after fine-tuning (Table 8 layout; greedy, $EVAL_LIMIT problems per benchmark)"
+evaluate() {  # MODEL OUT LABEL; a finished evaluation is kept on rerun
+  if [ -f "$2/summary.json" ]; then echo "already evaluated: $2"; return; fi
+  $SI eval --model "$1" --benchmark recipe-heldout --benchmark humaneval --limit "$EVAL_LIMIT" \
+    --max-tokens 192 --workers 2 --out "$2" --label "$3"
+}
+evaluate "$OUT/demo/hf" "$OUT/eval/before" "demo (before)"
+evaluate "$OUT/finetune/hf" "$OUT/eval/after" "demo + its triples (after)"
+$SI eval --compare "$OUT/eval/before" "$OUT/eval/after"
+took evaluation
+
+say "6/6 the run report and where things are"
 .venv/bin/python -m generator report --db "$DB" --run quickstart
 cat <<INFO
   database        $OUT/selfinstruct.db          (selfinstruct db stats --db $DB)
@@ -77,6 +91,7 @@ cat <<INFO
   funnel plot     $(ls "$OUT"/*-funnel.png | tr '\n' ' ')
   export          $OUT/export/train.jsonl (+ train.val.jsonl)
   fine-tuned      $OUT/finetune/hf  (Hugging Face format; metrics.jsonl, loss.png beside it)
+  evaluation      $OUT/eval/before, $OUT/eval/after  (every sample and its verdict; selfinstruct eval --compare ...)
   wall time       $(( $(date +%s) - start )) s
 
 The demo model is 1.3M parameters that learned the recipe's formats from the bundled corpus a few minutes
