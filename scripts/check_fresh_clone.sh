@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # reduced size: the demo model warmed up on 10 corpus problems (not 40), 4 problem calls, 10 fine-tuning steps
-export QUICKSTART_WARMUP_PROBLEMS="${QUICKSTART_WARMUP_PROBLEMS:-10}" QUICKSTART_WARMUP_STEPS="${QUICKSTART_WARMUP_STEPS:-150}"
+export QUICKSTART_WARMUP_PROBLEMS="${QUICKSTART_WARMUP_PROBLEMS:-10}" QUICKSTART_WARMUP_STEPS="${QUICKSTART_WARMUP_STEPS:-300}"
 export QUICKSTART_FT_STEPS="${QUICKSTART_FT_STEPS:-10}"
 REDUCED=(--set problems.max_calls=4 --set problems.target=10)
 OUT=runs/quickstart
