@@ -12,7 +12,7 @@ sit in one row with that prefix written once. A later document keeps only its ow
 continuing where the prefix ends, and reads the earlier document's copy of the prefix through an extra
 visible span (`Batch.shared`). The prefix attends only to itself in either layout, so its keys and values
 are the same and the loss is the same as one document per row (a test pins this): the saving is the
-prefix's compute, about half of the recipe warm-up's tokens.
+prefix's compute (the recipe warm-up: 72 rows of 1024 tokens an epoch instead of 96).
 """
 
 from __future__ import annotations
