@@ -41,6 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from db import selection
+from db.export import is_validation
 from db.models import Problem, Run, Test
 from db.records import tests_json
 from model.chat import SPECIAL_TAGS, prompt_answer_text
@@ -244,10 +245,6 @@ class GradedStats:
     problems: int = 0
 
 
-def _is_val(example_id: str, fraction: float) -> bool:
-    return fraction > 0 and int(example_id[:8], 16) / 2**32 < fraction
-
-
 def export_preference(engine: sa.Engine, paths: list[Path], tmp: list[Path], runs: Sequence[str],
                       split_val: float, opts: PreferenceOptions) -> GradedStats:
     opts.check()
@@ -263,7 +260,7 @@ def export_preference(engine: sa.Engine, paths: list[Path], tmp: list[Path], run
                     if row is None:
                         stats.skipped_chat_format += 1
                         continue
-                    val = _is_val(row["id"], split_val)
+                    val = is_validation(row["id"], split_val)
                     lines[val].append(json.dumps(row, ensure_ascii=False) + "\n")
                     if val:
                         stats.validation += 1
@@ -292,7 +289,7 @@ def export_rl(engine: sa.Engine, paths: list[Path], tmp: list[Path], runs: Seque
                 stats.problems += 1
                 if (row := rl_row(g)) is None:
                     continue
-                val = _is_val(row["extra_info"]["id"], split_val)
+                val = is_validation(row["extra_info"]["id"], split_val)
                 row["extra_info"]["split"] = "validation" if val else "train"
                 row["extra_info"]["index"] = stats.validation if val else stats.train
                 parts[val].append(row)

@@ -3,13 +3,11 @@
 Why: the quickstart's demo model learned its formats from the corpus (finetune/recipe_warmup.py), so most
 of what it writes is recalled. The report says how much is not: accepted problems whose normalized text
 (the pipeline's own dedup key) is not a corpus problem, and triples whose solution is not the corpus's
-reference for its problem (compared as code: same AST, formatting and comments aside). For a run with
-real models the same counts show how much of the data merely restates the corpus.
+reference for its problem (compared as code with db.selection.normalize_code, formatting and comments
+aside). For a run with real models the same counts show how much of the data merely restates the corpus.
 """
 
 from __future__ import annotations
-
-import ast
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -17,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from db.engine import read_transaction
 from db.models import Problem, Solution, Triple
+from db.selection import normalize_code
 from generator.corpus import CorpusProblem, load_corpus
 from generator.normalize import problem_hash
 
@@ -33,18 +32,10 @@ class Novelty(BaseModel):
         return self.triples_new_problem + self.triples_other_solution
 
 
-def code_key(code: str) -> str:
-    """The code's AST dump (formatting and comments ignored); the text itself when it does not parse."""
-    try:
-        return ast.dump(ast.parse(code))
-    except (SyntaxError, ValueError):
-        return code.strip()
-
-
 def novelty(engine: Engine, run_id: int, corpus: list[CorpusProblem] | None = None) -> Novelty:
     """Counts of the run's accepted problems and triples that are not simply the corpus's own."""
     corpus = load_corpus() if corpus is None else corpus
-    reference = {problem_hash(p.problem): code_key(p.solution) for p in corpus}
+    reference = {problem_hash(p.problem): normalize_code(p.solution) for p in corpus}
     problems, triples, solutions = Problem.__table__, Triple.__table__, Solution.__table__
     with read_transaction(engine) as conn:
         hashes = conn.execute(
@@ -57,6 +48,6 @@ def novelty(engine: Engine, run_id: int, corpus: list[CorpusProblem] | None = No
             .where(triples.c.run_id == run_id)
         ).all()
     new_problem = sum(1 for h, _ in picked if h not in reference)
-    other_solution = sum(1 for h, code in picked if h in reference and code_key(code or "") != reference[h])
+    other_solution = sum(1 for h, code in picked if h in reference and normalize_code(code or "") != reference[h])
     return Novelty(accepted=len(hashes), new_problems=sum(1 for h in hashes if h not in reference),
                    triples=len(picked), triples_new_problem=new_problem, triples_other_solution=other_solution)

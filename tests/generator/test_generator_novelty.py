@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from db.engine import make_engine
 from generator.corpus import CorpusProblem, load_corpus
-from generator.novelty import code_key, novelty
+from db.selection import normalize_code
+from generator.novelty import novelty
 from generator.report import build_report
 from tests.generator.pipeline_helpers import config_dict
 
@@ -53,8 +54,8 @@ def test_novelty_counts_new_problems_and_solutions_unlike_the_reference(tmp_path
     engine.dispose()
 
 
-def test_code_key_ignores_formatting_and_comments_but_not_code() -> None:
-    assert code_key("def f(x):\n    return x+1  # one more\n") == code_key("def f(x):\n\n    return (x + 1)\n")
-    assert code_key("def f(x):\n    return x + 1\n") != code_key("def f(x):\n    return 1 + x\n")
-    assert code_key("def f(:\n") == "def f(:"
+def test_solutions_compare_as_normalized_code_ignoring_formatting_and_comments_but_not_code() -> None:
+    assert normalize_code("def f(x):\n    return x+1  # one more\n") == normalize_code("def f(x):\n\n    return (x + 1)\n")
+    assert normalize_code("def f(x):\n    return x + 1\n") != normalize_code("def f(x):\n    return 1 + x\n")
+    assert normalize_code("def f(:\n") == "def f(:"
     assert len(load_corpus()) >= 200
