@@ -114,3 +114,63 @@ def tests_answer(tests: list[str]) -> str:
 def solution_answer(code: str) -> str:
     """A [PYTHON] block around `code`, closed (Figure 12's example)."""
     return f"\n{PYTHON_OPEN}\n{code.strip(chr(10))}\n{PYTHON_CLOSE}"
+
+
+# The same prompts as chat messages, for servers that only speak `POST /chat/completions` (the
+# openai backend's `api: chat`). The raw prompt stays the single source of the text; this only cuts it
+# at its tags, so the one-shot example becomes a prior user/assistant pair and the question the last
+# user turn. The server's chat template puts the tags back (for Llama 2 models, the same ones).
+
+_TURN_TAG = re.compile(r"(\[INST\]|\[/INST\])")
+_SYS_BLOCK = re.compile(r"^<<SYS>>(.*?)<</SYS>>", re.DOTALL)
+_SYS_TAGS = ("<<SYS>>", "<</SYS>>")
+
+
+def chat_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    """`[INST] u1 [/INST] a1 [INST] u2 [/INST]` as [system?, user, assistant, user] messages, tags dropped.
+
+    Each message is stripped. A `<<SYS>> ... <</SYS>>` block at the start of the first turn becomes
+    the system message; an explicit `system` comes first and the prompt's own block after it, joined
+    by a blank line, so neither is lost. Meta's BOS/EOS markers (`<s>`, `</s>`) around turns are
+    dropped. A prompt of any other shape (not ending in `[/INST]`, unpaired or nested tags, an empty
+    turn, `<<SYS>>` outside the first turn) is a one-line ValueError.
+    """
+    parts = _TURN_TAG.split(prompt.strip())
+    # parts: [before, "[INST]", user, "[/INST]", answer, "[INST]", user, "[/INST]", after]
+    if parts[0].strip() not in ("", "<s>") or len(parts) == 1:
+        raise ValueError(f"not a Llama 2 chat prompt (it must start with [INST]): {_head(prompt)}")
+    if parts[-1].strip() or parts[-2] != "[/INST]":
+        raise ValueError(f"not a Llama 2 chat prompt (it must end with [/INST]): ...{_tail(prompt)}")
+    tags, texts = parts[1::2], parts[2:-1:2]
+    if tags != ["[INST]", "[/INST]"] * (len(tags) // 2):
+        raise ValueError(f"not a Llama 2 chat prompt ([INST] and [/INST] must alternate): {_head(prompt)}")
+
+    messages: list[dict[str, str]] = []
+    systems = [system.strip()] if system and system.strip() else []
+    for turn, text in enumerate(texts):
+        role = "user" if turn % 2 == 0 else "assistant"
+        content = text.strip()
+        if role == "assistant":  # "a1 </s><s>" between turns in Meta's encoding
+            content = content.removesuffix("<s>").rstrip().removesuffix("</s>").strip()
+        if turn == 0 and (block := _SYS_BLOCK.match(content)):
+            if block.group(1).strip():
+                systems.append(block.group(1).strip())
+            content = content[block.end():].strip()
+        if any(tag in content for tag in _SYS_TAGS):
+            raise ValueError(f"<<SYS>> may only open the first [INST] turn, found in turn {turn + 1}: {_head(content)}")
+        if not content:
+            raise ValueError(f"turn {turn + 1} ({role}) of the prompt is empty: {_head(prompt)}")
+        messages.append({"role": role, "content": content})
+    if systems:
+        messages.insert(0, {"role": "system", "content": "\n\n".join(systems)})
+    return messages
+
+
+def _head(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _tail(text: str, limit: int = 60) -> str:
+    text = " ".join(text.split())
+    return text[-limit:]
