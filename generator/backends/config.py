@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class _BackendConfigBase(BaseModel):
@@ -17,11 +17,19 @@ class _BackendConfigBase(BaseModel):
 
 
 class OpenAIBackendConfig(_BackendConfigBase):
-    """Any server that speaks OpenAI's `POST /completions` (vLLM's server, llama.cpp, TGI, ...)."""
+    """Any server that speaks OpenAI's `POST /completions` or `/chat/completions` (vLLM, llama.cpp, TGI, ...)."""
 
     kind: Literal["openai"] = "openai"
     base_url: str = Field(description="up to and including the API prefix, e.g. http://127.0.0.1:8000/v1")
     model: str
+    api: Literal["completions", "chat"] = Field(
+        default="completions",
+        description="completions: the raw [INST] prompt as `prompt`; chat: the same prompt cut into `messages` "
+        "(generator.prompts.chat_messages), for servers or models that only offer chat",
+    )
+    system_prompt: str | None = Field(
+        default=None, description="chat only: a system message, put before a <<SYS>> block the prompt carries"
+    )
     api_key_env: str | None = Field(
         default="OPENAI_API_KEY", description="environment variable holding the key; unset or empty sends none"
     )
@@ -30,6 +38,13 @@ class OpenAIBackendConfig(_BackendConfigBase):
     max_retries: int = Field(default=5, ge=0, description="retries after the first try, on 429/5xx/network errors")
     backoff_s: float = Field(default=0.5, ge=0, description="first retry delay; doubles each retry, with jitter")
     max_backoff_s: float = Field(default=30.0, ge=0)
+
+    @model_validator(mode="after")
+    def _system_prompt_needs_chat(self) -> OpenAIBackendConfig:
+        """A raw completions prompt has no place for it: refuse rather than drop it silently."""
+        if self.system_prompt is not None and self.api != "chat":
+            raise ValueError("system_prompt is sent only with `api: chat`")
+        return self
 
 
 class VLLMBackendConfig(_BackendConfigBase):
