@@ -1,10 +1,12 @@
 """A real OpenAI-compatible completions server on loopback, for tests and the benchmark.
 
-It answers `POST /v1/completions` from a deterministic text function of (prompt, sample index,
-seed), so tests can predict every completion, and it records what it saw: request bodies, headers,
-and the most requests it ever had in flight at once. Faults are injected per test: a queue of
-canned failures (an HTTP status, a stall longer than the client's timeout, a garbage body) served
-before normal answers, and an optional fixed delay per request.
+It answers `POST /v1/completions` and `POST /v1/chat/completions` from a deterministic text function
+of (prompt, sample index, seed), so tests can predict every completion; for chat the "prompt" is
+`chat_key(messages)`. It records what it saw: request paths, bodies, headers, and the most requests it
+ever had in flight at once. Faults are injected per test: a queue of canned failures (an HTTP status,
+a stall longer than the client's timeout, a garbage body, a connection closed without an answer)
+served before normal answers, an optional fixed delay per request, and either route switched off
+(404, like a server that does not offer it).
 """
 
 from __future__ import annotations
@@ -20,11 +22,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+def chat_key(messages: list[dict[str, str]]) -> str:
+    """The text the chat route feeds to `text_fn` in place of a prompt."""
+    return json.dumps(messages, sort_keys=True)
+
+
 def deterministic_text(prompt: str, index: int, seed: int | None, max_tokens: int) -> str:
     """A reproducible 'completion': a few words derived from a hash, at most `max_tokens` words."""
     digest = hashlib.sha256(f"{prompt}|{index}|{seed}".encode()).hexdigest()
     words = [f"w{digest[i:i + 4]}" for i in range(0, 24, 4)]
     return " " + " ".join(words[:max_tokens])
+
+
+_ROUTES = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
 
 @dataclass
@@ -33,6 +43,8 @@ class Fault:
     stall_s: float = 0.0  # sleep before answering (longer than the client timeout = a timeout)
     body: bytes | None = None  # answer 200 with this raw body (garbage)
     retry_after: str | None = None
+    cut: bool = False  # close the connection without answering
+    message: object = None  # chat only: answer 200 with this as the first choice's `message`
 
 
 @dataclass
@@ -41,9 +53,11 @@ class ServerState:
     api_key: str | None = None
     delay_s: float = 0.0
     max_choices: int | None = None  # answer at most this many choices (a server that ignores n)
+    routes: frozenset[str] = frozenset({"completions", "chat"})  # the others answer 404
     faults: deque[Fault] = field(default_factory=deque)
     text_fn: Callable[[str, int, int | None, int], str] = deterministic_text
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -73,15 +87,20 @@ class _Handler(BaseHTTPRequestHandler):
                 state.in_flight -= 1
 
     def _answer(self, state: ServerState, raw: bytes, fault: Fault | None) -> None:
-        if self.path.rstrip("/") != "/v1/completions":
+        route = _ROUTES.get(self.path.rstrip("/"))
+        if route not in state.routes:
             return self._json(404, {"error": {"message": f"no route {self.path}"}})
         body = json.loads(raw)
         with state.lock:
             state.bodies.append(body)
+            state.paths.append(self.path)
             state.auth_headers.append(self.headers.get("Authorization"))
         time.sleep(state.delay_s)
         if fault is not None:
             time.sleep(fault.stall_s)
+            if fault.cut:
+                self.close_connection = True  # the handler returns without a byte: the socket just closes
+                return None
             if fault.status is not None:
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                 return self._json(fault.status, {"error": {"message": f"injected {fault.status}"}}, headers)
@@ -98,8 +117,9 @@ class _Handler(BaseHTTPRequestHandler):
         max_tokens = int(body.get("max_tokens", 16))
         choices = []
         completion_tokens = 0
+        prompt = body["prompt"] if route == "completions" else chat_key(body["messages"])
         for i in range(answered):
-            text = state.text_fn(body["prompt"], i, body.get("seed"), max_tokens)
+            text = state.text_fn(prompt, i, body.get("seed"), max_tokens)
             if len(text.split()) > max_tokens:  # a "token" is a word here
                 text = " " + " ".join(text.split()[:max_tokens])
             for stop in body.get("stop") or []:
@@ -108,14 +128,23 @@ class _Handler(BaseHTTPRequestHandler):
             tokens = len(text.split())
             completion_tokens += tokens
             reason = "length" if tokens >= max_tokens else "stop"
-            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+            if route == "completions":
+                choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+            else:
+                message = {"role": "assistant", "content": text}
+                if i == 0 and fault is not None and fault.message is not None:
+                    message = fault.message
+                choices.append({"index": i, "message": message, "finish_reason": reason, "logprobs": None})
+        prompt_tokens = len(body["prompt"].split()) if route == "completions" else sum(
+            len(m["content"].split()) for m in body["messages"]
+        )
         usage = {
-            "prompt_tokens": len(body["prompt"].split()),
+            "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
-            "total_tokens": len(body["prompt"].split()) + completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         }
-        self._json(200, {"id": "cmpl-test", "object": "text_completion", "model": state.model,
-                         "choices": choices, "usage": usage})
+        kind = "text_completion" if route == "completions" else "chat.completion"
+        self._json(200, {"id": "cmpl-test", "object": kind, "model": state.model, "choices": choices, "usage": usage})
 
     def _json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
         self._raw(status, json.dumps(payload).encode(), "application/json", headers)
