@@ -2,8 +2,9 @@
 
 It answers `POST /v1/completions` and `POST /v1/chat/completions` from a deterministic text function
 of (prompt, sample index, seed), so tests can predict every completion; for chat the "prompt" is
-`chat_key(messages)`. It records what it saw: request paths, bodies, headers, and the most requests it
-ever had in flight at once. Faults are injected per test: a queue of canned failures (an HTTP status,
+`chat_prompt(messages)`, by default `chat_key` (a test may render the messages as a chat template
+would). It records what it saw: request paths, bodies, headers, and the most requests it ever had in
+flight at once. Faults are injected per test: a queue of canned failures (an HTTP status,
 a stall longer than the client's timeout, a garbage body, a connection closed without an answer)
 served before normal answers, an optional fixed delay per request, and either route switched off
 (404, like a server that does not offer it).
@@ -56,6 +57,7 @@ class ServerState:
     routes: frozenset[str] = frozenset({"completions", "chat"})  # the others answer 404
     faults: deque[Fault] = field(default_factory=deque)
     text_fn: Callable[[str, int, int | None, int], str] = deterministic_text
+    chat_prompt: Callable[[list[dict[str, str]]], str] = chat_key  # chat route: messages -> text_fn's prompt
     bodies: list[dict[str, Any]] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     auth_headers: list[str | None] = field(default_factory=list)
@@ -117,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
         max_tokens = int(body.get("max_tokens", 16))
         choices = []
         completion_tokens = 0
-        prompt = body["prompt"] if route == "completions" else chat_key(body["messages"])
+        prompt = body["prompt"] if route == "completions" else state.chat_prompt(body["messages"])
         for i in range(answered):
             text = state.text_fn(prompt, i, body.get("seed"), max_tokens)
             if len(text.split()) > max_tokens:  # a "token" is a word here

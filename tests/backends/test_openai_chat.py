@@ -343,3 +343,41 @@ def test_bad_api_settings_are_one_config_line(tmp_path: Path, override, message)
     with pytest.raises(UserError, match=re.escape(message)) as info:
         load_config(path, [override])
     assert "\n" not in str(info.value)
+
+
+# --- the pipeline in chat mode ---------------------------------------------------------------------
+
+
+def _llama2_template(messages: list[dict[str, str]]) -> str:
+    """The raw prompt a Llama 2 chat template would build from the messages (no system message here)."""
+    text = ""
+    for message in messages:
+        if message["role"] == "user":
+            text += f"[INST] {message['content']}\n[/INST]"
+        else:
+            text += f"\n{message['content']}\n"
+    return text
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_the_scripted_run_through_chat_messages_yields_the_expected_triples(tmp_path, docker_client):
+    from scripted_server import openai_backend, scripted_server
+
+    from generator.config import validate_config
+    from generator.pipeline import Pipeline
+    from tests.generator.pipeline_helpers import config_dict, triples
+    from tests.generator.scripted_backend import EXPECTED_TRIPLES
+
+    server = scripted_server()
+    server.state.chat_prompt = _llama2_template  # the scripted model reads the prompt the template rebuilt
+    with server:
+        cfg = config_dict(tmp_path / "chat.db", run="chat")
+        for stage in ("problems", "tests", "solutions"):
+            cfg[stage]["backend"] = {**openai_backend(server), "api": "chat"}
+        report = Pipeline(validate_config(cfg), progress=False, plot=False).run()
+
+    assert report.status == "finished"
+    assert {(text, code) for text, code, _ in triples(cfg["db"], "chat")} == EXPECTED_TRIPLES
+    assert set(server.state.paths) == {"/v1/chat/completions"}
+    assert all("prompt" not in body and body["messages"][-1]["role"] == "user" for body in server.state.bodies)
