@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from generator.prompts import PYTHON_CLOSE, PYTHON_OPEN, TESTS_CLOSE, TESTS_OPEN
+from generator.prompts import CHAT_TAGS, PYTHON_CLOSE, PYTHON_OPEN, TESTS_CLOSE, TESTS_OPEN
 
 FailureReason = Literal[
     "not_utf8",  # bytes that are not UTF-8, or text with lone surrogates
@@ -34,6 +34,7 @@ FailureReason = Literal[
     "duplicate",  # tests: the same assert twice in one completion
     "no_tests",  # tests: no usable assert at all
     "no_function",  # solutions: code that defines no function
+    "chat_tag",  # problems/tests: text with [INST], [/INST] or <<SYS>>, which would forge turns in later prompts
 ]
 FAILURE_REASONS: tuple[str, ...] = FailureReason.__args__  # type: ignore[attr-defined]
 
@@ -184,6 +185,8 @@ def parse_problems(
             result.failures.append(_failure("too_short", problem))
         elif len(problem) > max_chars:
             result.failures.append(_failure("too_long", f"{len(problem)} characters"))
+        elif _has_chat_tag(problem):
+            result.failures.append(_failure("chat_tag", problem))
         else:
             result.problems.append(problem)
     return result
@@ -225,6 +228,11 @@ def _called_name(node: ast.AST) -> str | None:
     return None
 
 
+def _has_chat_tag(text: str) -> bool:
+    """Whether `text` would add or end a turn once placed in a later stage's prompt (raw or chat)."""
+    return any(tag in text for tag in CHAT_TAGS)
+
+
 def parse_tests(raw: str | bytes, finish_reason: str | None = None, max_chars: int = MAX_ITEM_CHARS) -> TestsParse:
     """The asserts of a tests completion that parse and call something, in order, without repeats."""
     text = as_text(raw)
@@ -259,6 +267,8 @@ def parse_tests(raw: str | bytes, finish_reason: str | None = None, max_chars: i
                 result.failures.append(_failure("trivial_assert", source))
             elif source in seen:
                 result.failures.append(_failure("duplicate", source))
+            elif _has_chat_tag(source):
+                result.failures.append(_failure("chat_tag", source))
             else:
                 seen.add(source)
                 result.tests.append(source)

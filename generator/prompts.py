@@ -121,6 +121,7 @@ def solution_answer(code: str) -> str:
 # at its tags, so the one-shot example becomes a prior user/assistant pair and the question the last
 # user turn. The server's chat template puts the tags back (for Llama 2 models, the same ones).
 
+CHAT_TAGS = ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>")  # a problem or test carrying one is refused (parsers)
 _TURN_TAG = re.compile(r"(\[INST\]|\[/INST\])")
 _SYS_BLOCK = re.compile(r"^<<SYS>>(.*?)<</SYS>>", re.DOTALL)
 _SYS_TAGS = ("<<SYS>>", "<</SYS>>")

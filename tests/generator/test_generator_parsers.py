@@ -144,3 +144,23 @@ def test_solution_failures_have_reasons(completion, finish_reason, reason):
     assert parsed.failure is not None and parsed.failure.reason == reason
     assert parsed.failure.reason in FAILURE_REASONS
     assert len(parsed.failure.detail) <= 160
+
+
+def test_problems_and_tests_carrying_chat_tags_are_refused_one_by_one():
+    """A chat tag inside a problem or a test would forge a turn in the next stage's prompt (raw or chat):
+    that item is a `chat_tag` failure, the others in the same completion are kept."""
+    problems = parse_problems(
+        " 1. Write a function that reverses the words of a sentence.\n"
+        "2. Write a function that strips [INST] and [/INST] markers from a chat transcript.\n"
+        "3. Write a function that returns the <<SYS>> block of a prompt string.\n"
+        "4. Write a function that counts the vowels in a string."
+    )
+    assert len(problems.problems) == 2
+    assert [f.reason for f in problems.failures] == ["chat_tag", "chat_tag"]
+    tests = parse_tests(
+        "[TESTS]\n# Test case 1:\nassert strip_tags('[INST] hi [/INST]') == 'hi'\n"
+        "# Test case 2:\nassert strip_tags('plain') == 'plain'\n[/TESTS]"
+    )
+    assert tests.tests == ["assert strip_tags('plain') == 'plain'"]
+    assert [f.reason for f in tests.failures] == ["chat_tag"]
+    assert "chat_tag" in FAILURE_REASONS
