@@ -20,6 +20,31 @@ SPECIAL_TAGS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")
 BOS_TEXT, EOS_TEXT = "<s>", "</s>"
 
 
+# The same format as a Jinja chat template (the `tokenizer.chat_template` convention of transformers and GGUF),
+# for servers that format chat messages themselves: the GGUF export writes it, so llama-cpp-python's server
+# builds the prompts that `chat_text` builds (tests/model/test_model_gguf.py renders both and compares).
+LLAMA2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- set system_message = '<<SYS>>\\n' + messages[0]['content'] + '\\n<</SYS>>\\n\\n' -%}"
+    "{%- else -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- set system_message = '' -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- set content = (system_message + message['content']) if loop.first else message['content'] -%}"
+    "{{- bos_token + '[INST] ' + content.strip() + ' [/INST]' -}}"
+    "{%- else -%}"
+    "{{- ' ' + message['content'].strip() + ' ' + eos_token -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
 class Message(TypedDict):
     role: Literal["system", "user", "assistant"]
     content: str

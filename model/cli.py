@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from selfinstruct.errors import cli_entry
+from selfinstruct.errors import UserError, cli_entry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,10 +16,13 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--out", required=True, help="output directory")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--format", choices=("hf", "meta"), default="hf")
-    convert = sub.add_parser("convert", help="convert a checkpoint between Meta and Hugging Face formats")
+    convert = sub.add_parser("convert", help="convert a checkpoint to Meta, Hugging Face or GGUF (llama.cpp) format")
     convert.add_argument("src")
-    convert.add_argument("dst")
-    convert.add_argument("--to", choices=("hf", "meta"), required=True)
+    convert.add_argument("dst", help="output directory (hf, meta) or .gguf file (gguf)")
+    convert.add_argument("--to", choices=("hf", "meta", "gguf"), required=True)
+    convert.add_argument("--dtype", choices=("f32", "f16", "bf16"),
+                         help="gguf only: weight type (default f32; norms stay f32)")
+    convert.add_argument("--tokenizer", help="gguf only: tokenizer.model to embed when SRC has none")
     info = sub.add_parser("info", help="print a checkpoint's format, shapes and parameter count as JSON")
     info.add_argument("path")
     sub.add_parser("presets", help="list the named presets with their parameter counts")
@@ -42,6 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         print(init_checkpoint(args.preset, args.out, seed=args.seed, fmt=args.format))
         return 0
     if args.command == "convert":
+        if args.to == "gguf":
+            from model.gguf_export import export_gguf
+
+            print(export_gguf(args.src, args.dst, dtype=args.dtype or "f32", tokenizer_path=args.tokenizer))
+            return 0
+        if args.dtype or args.tokenizer:
+            raise UserError("--dtype and --tokenizer apply to --to gguf only (hf and meta copy weights bit-exact)")
         from model.checkpoint import convert
 
         print(convert(args.src, args.dst, args.to))

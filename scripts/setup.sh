@@ -2,16 +2,20 @@
 # Install everything the project needs on a fresh Debian machine, idempotently:
 #   Debian packages (Docker engine, debootstrap; PostgreSQL with --postgres),
 #   a virtual environment in .venv with the pinned CPU torch and the project (editable, dev extras),
-#   a running Docker daemon, and the sandbox image.
-# Usage: scripts/setup.sh [--postgres] [--no-docker]
+#   a running Docker daemon, and the sandbox image; with --llamacpp (or SELFINSTRUCT_WITH_LLAMACPP=1)
+#   llama-cpp-python and its server, from a wheel built once per machine into the wheel cache
+#   (SELFINSTRUCT_WHEEL_CACHE, default $HOME/.cache/selfinstruct/wheels): the build takes minutes.
+# Usage: scripts/setup.sh [--postgres] [--no-docker] [--llamacpp]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-WITH_PG=0; WITH_DOCKER=1
+WITH_PG=0; WITH_DOCKER=1; WITH_LLAMACPP="${SELFINSTRUCT_WITH_LLAMACPP:-0}"
+WHEELS="${SELFINSTRUCT_WHEEL_CACHE:-$HOME/.cache/selfinstruct/wheels}"
 for arg in "$@"; do
   case "$arg" in
     --postgres) WITH_PG=1 ;;
     --no-docker) WITH_DOCKER=0 ;;
+    --llamacpp) WITH_LLAMACPP=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -26,6 +30,10 @@ if [ "$WITH_DOCKER" = 1 ]; then
   command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap)
 fi
 if [ "$WITH_PG" = 1 ] && ! command -v pg_ctlcluster >/dev/null 2>&1; then pkgs+=(postgresql); fi
+if [ "$WITH_LLAMACPP" = 1 ]; then  # building llama.cpp's wheel needs CMake and a C/C++ compiler
+  command -v cmake >/dev/null 2>&1 || pkgs+=(cmake)
+  command -v g++ >/dev/null 2>&1 || pkgs+=(g++)
+fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
   log "installing Debian packages: ${pkgs[*]}"
   $SUDO apt-get update -q >/dev/null
@@ -45,6 +53,22 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -e ".[dev]"
   touch "$stamp"
+fi
+
+# --- llama.cpp (llama-cpp-python and its OpenAI-compatible server) ---------------------------------
+if [ "$WITH_LLAMACPP" = 1 ] && ! .venv/bin/python -c "import llama_cpp.server.app" >/dev/null 2>&1; then
+  mkdir -p "$WHEELS"
+  wheel_in_cache() { ls "$WHEELS"/llama_cpp_python-*-linux_"$(uname -m)".whl 2>/dev/null | sort -V | tail -n1; }
+  if [ -z "$(wheel_in_cache)" ]; then
+    log "building llama-cpp-python into $WHEELS (about 5 minutes on 2 cores; once per machine)"
+    .venv/bin/pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python>=0.3"
+  fi
+  wheel="$(wheel_in_cache)"
+  [ -n "$wheel" ] || { echo "setup.sh: no llama-cpp-python wheel in $WHEELS after building" >&2; exit 1; }
+  version="$(basename "$wheel" | cut -d- -f2)"
+  log "installing llama-cpp-python $version from $wheel"
+  # pinned to the cached wheel's version, so pip takes the wheel instead of building a newer sdist
+  .venv/bin/pip install -q --find-links "$WHEELS" "llama-cpp-python[server]==$version"
 fi
 
 # --- Docker engine and sandbox image -------------------------------------------------------------
