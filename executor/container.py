@@ -47,6 +47,7 @@ RUNNER_ENV = {
 START_TIMEOUT_S = 30.0
 CHANNEL_MOUNT = "/run/selfinstruct"  # where the host's channel directory appears in the container (read-only)
 CHANNEL_SOCKET = "runner.sock"
+RUNSC_PIDS_HEADROOM = 512  # host threads of gVisor's sentry and its ptrace stubs, counted in the container's pids cgroup
 LOCAL_DAEMON_URLS = ("http+docker://localhost", "http+docker://localunixsocket")
 
 
@@ -103,6 +104,7 @@ def container_options(cfg: SandboxConfig) -> dict:
     scratch = f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"
     return {
         "command": ["sleep", "infinity"],
+        "runtime": cfg.runtime,
         # Init and the idle main process run as uid 0 with an empty capability set: the job's user cannot
         # signal them, so no job can stop the container under the next job. The runner and every job
         # run as SANDBOX_UID (see the exec below); no-new-privileges stops any way back to uid 0.
@@ -115,7 +117,9 @@ def container_options(cfg: SandboxConfig) -> dict:
         "mem_limit": f"{memory_mb}m",
         "memswap_limit": f"{memory_mb}m",
         "mem_swappiness": 0,
-        "pids_limit": cfg.pids_limit,
+        # Under runsc the host cgroup holds gVisor's own kernel (the sentry's threads, the ptrace stubs), so it
+        # gets room for those; the job's processes are still bounded by RLIMIT_NPROC set in the runner's fork.
+        "pids_limit": cfg.pids_limit if cfg.runtime == "runc" else cfg.pids_limit + RUNSC_PIDS_HEADROOM,
         "nano_cpus": int(cfg.cpus * 1e9),
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],

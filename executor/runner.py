@@ -43,6 +43,7 @@ SCRATCH_DIRS = ("/tmp", "/dev/shm")
 SWEEP_ROUNDS = 50
 READ_CHUNK = 65536
 DRAIN_READS = 16
+EXIT_POLL_MS = 2.0  # without a pidfd (gVisor), how often the runner checks whether the job's child exited
 WORKDIR = "/tmp/job"
 MAX_PRECOMPILE_CHARS = 256 * 1024
 MAX_RECORD_BYTES = 32 << 20  # all of a job's records, probe values included
@@ -215,6 +216,8 @@ def _child(
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["fsize_mb"]) << 20,) * 2)
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["max_files"]),) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if limits.get("max_procs"):  # the job's own bound on processes and threads (all of them share the uid)
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["max_procs"]),) * 2)
         try:
             os.mkdir(WORKDIR)
         except FileExistsError:
@@ -255,6 +258,14 @@ class _Capture:
         return text
 
 
+def _has_exited(pid: int) -> bool:
+    """Whether the child has exited, without reaping it (the pidfd-less path)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -278,7 +289,10 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
         _child(job, prepared, limits, result_w, out_w, err_w, nonce)
     for fd in (result_w, out_w, err_w):
         os.close(fd)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gVisor (runsc) has no pidfd_open: poll for the exit with waitid(WNOWAIT) instead
+        pidfd = None
     for fd in (result_r, out_r, err_r):
         os.set_blocking(fd, False)
 
@@ -291,7 +305,7 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
     exited = False
     open_fds = {result_r: records, out_r: stdout, err_r: stderr}
     poller = select.poll()
-    for fd in (pidfd, *open_fds):
+    for fd in (*open_fds, *((pidfd,) if pidfd is not None else ())):
         poller.register(fd, select.POLLIN)
 
     def drain(fd: int) -> None:
@@ -318,12 +332,15 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
         if remaining <= 0:
             killed_for = "timeout"
             break
-        events = poller.poll(remaining * 1000)
+        wait_ms = remaining * 1000 if pidfd is not None else min(remaining * 1000, EXIT_POLL_MS)
+        events = poller.poll(wait_ms)
         for fd, _ in events:
             if fd == pidfd:
                 exited = True
             elif fd in open_fds:
                 drain(fd)
+        if pidfd is None and not exited:
+            exited = _has_exited(pid)
         if stdout.total + stderr.total > int(limits["output_limit"]):
             killed_for = "output_limit"
             break
@@ -338,7 +355,8 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
         except (ProcessLookupError, PermissionError):
             pass
     _, status, usage = os.wait4(pid, 0)
-    os.close(pidfd)
+    if pidfd is not None:
+        os.close(pidfd)
     for fd in list(open_fds):
         try:
             drain(fd)

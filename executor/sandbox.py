@@ -41,7 +41,7 @@ from executor.jobs import Job, Result, TestResult
 from executor.probes import Probe, judge, split_test
 from selfinstruct.errors import UserError
 
-__all__ = ["Sandbox", "SandboxConfig", "remove_containers"]
+__all__ = ["Sandbox", "SandboxConfig", "check_runtime", "remove_containers"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,24 @@ def _remove_orphaned_channel_dirs(in_use: set[str | None], min_age_s: float = 12
                 remove_channel_dir(path)
         except OSError:
             continue
+
+
+def check_runtime(client: docker.DockerClient, runtime: str) -> None:
+    """Raise UserError (one line naming the fix) when the Docker daemon does not know `runtime`."""
+    try:
+        known = set((client.info().get("Runtimes") or {}).keys())
+    except docker.errors.DockerException as exc:
+        raise UserError(f"cannot ask the Docker daemon for its runtimes: {exc}") from exc
+    if runtime not in known:
+        fix = (
+            "run scripts/setup.sh (installs Debian's runsc and registers it in /etc/docker/daemon.json)"
+            if runtime == "runsc"
+            else "register it in /etc/docker/daemon.json"
+        )
+        raise UserError(
+            f"sandbox runtime {runtime!r} is not registered with the Docker daemon (it knows: "
+            f"{', '.join(sorted(known)) or 'none'}): {fix}"
+        )
 
 
 def _destroy_all(containers: list[SandboxContainer]) -> None:
@@ -142,8 +160,11 @@ class Sandbox:
         if self._client is None:
             self._client = sandbox_image.connect(pool_size=self.cfg.workers * 2 + 4)
         image = sandbox_image.resolve_image(self._client, self.cfg.image_name)
+        check_runtime(self._client, self.cfg.runtime)
         if self.cfg.transport == "auto":
-            self.transport = "socket" if daemon_is_local(self._client) else "exec"
+            # gVisor does not let a sandboxed process connect to a host unix socket: runsc uses the exec stream
+            local = daemon_is_local(self._client) and self.cfg.runtime == "runc"
+            self.transport = "socket" if local else "exec"
         else:
             self.transport = self.cfg.transport
         self.image_digest = image.id
@@ -247,6 +268,9 @@ class Sandbox:
             "max_files": cfg.max_files,
             "output_limit": cfg.output_limit_bytes,
             "keep": cfg.output_keep_bytes,
+            # runsc: gVisor counts processes per sandbox, so RLIMIT_NPROC bounds the job (the host cgroup holds
+            # the sentry too); runc: the container's pids cgroup does (RLIMIT_NPROC would count the uid host-wide)
+            "max_procs": cfg.pids_limit if cfg.runtime == "runsc" else None,
         }
 
     def _run_one(self, job: Job) -> Result:
@@ -315,7 +339,12 @@ class Sandbox:
         return result, not reply.get("anomaly") and reply["outcome"] != "sandbox_error", True
 
     def _result(self, job: Job, outcome: str, **fields: object) -> Result:
-        return Result(id=job.id, outcome=outcome, image_digest=self.image_digest, **fields)
+        return Result(id=job.id, outcome=outcome, image_digest=self.image_digest, runtime=self.runtime, **fields)
+
+    @property
+    def runtime(self) -> str:
+        """The container runtime every job of this pool runs under (`runc` or `runsc`)."""
+        return self.cfg.runtime
 
 
 def runner_payload(job: Job, timeout_s: float) -> tuple[dict, list[Probe | None]]:
