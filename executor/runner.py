@@ -185,9 +185,7 @@ def _prepare(job: dict) -> tuple | None:
         return None
 
 
-def _child(
-    job: dict, prepared: tuple | None, limits: dict, result_fd: int, out_fd: int, err_fd: int, nonce: str
-) -> None:
+def _child(target: tuple, limits: dict, fds: tuple, out_fd: int, err_fd: int) -> None:
     """In the forked child: isolate, limit, run the harness, exit. Never returns.
 
     Kept lean on purpose: every object the child touches costs a copy-on-write page fault.
@@ -200,8 +198,10 @@ def _child(
         os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
-        os.dup2(result_fd, 3)
-        os.closerange(4, 65536)
+        staged = [os.dup(fd) for fd in fds]  # above every target, so no dup2 below overwrites a source
+        for number, fd in enumerate(staged, 3):
+            os.dup2(fd, number)
+        _close_from(3 + len(fds))
         try:
             oom = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(oom, b"1000")
@@ -223,7 +223,13 @@ def _child(
         except FileExistsError:
             pass
         os.chdir(WORKDIR)
-        harness.run_job(job, harness.ResultChannel(3, nonce), prepared)
+        role, job, prepared, nonce = target
+        if role == "solution":  # answers the judge on fds 3 (requests) and 4 (replies); no result channel
+            harness.serve_solution(job, prepared, 3, 4)
+        elif role == "judge":  # records on fd 3, the solution's replies on 4, requests on 5
+            harness.judge_job(job, prepared, harness.ResultChannel(3, nonce), 4, 5)
+        else:
+            harness.run_job(job, harness.ResultChannel(3, nonce), prepared)
         status = 0
     except BaseException:  # noqa: BLE001 - report through the exit status; never unwind into the runner
         try:
@@ -258,6 +264,22 @@ class _Capture:
         return text
 
 
+def _close_from(first: int) -> None:
+    """Close every descriptor >= first: the open ones listed in /proc/self/fd (a 65536-wide closerange
+    is one syscall per number under gVisor's ptrace platform, ~1 s)."""
+    try:
+        numbers = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        os.closerange(first, 65536)
+        return
+    for fd in numbers:
+        if fd >= first:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 def _has_exited(pid: int) -> bool:
     """Whether the child has exited, without reaping it (the pidfd-less path)."""
     try:
@@ -279,15 +301,28 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
     tests = job.get("tests") or []
     timeout_s = float(job.get("timeout_s") or limits["timeout_s"])
     limits = dict(limits, timeout_s=timeout_s)
-    nonce = os.urandom(16).hex()
     prepared = _prepare(job)
-    result_r, result_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    server = None
+    if any(not isinstance(test, dict) for test in tests):
+        # A test that is not a probe: the solution gets a process of its own, forked before the nonce and the
+        # result pipe exist, and the tests run in a separate judge process (see harness.judge_job).
+        ask_r, ask_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        server = os.fork()
+        if server == 0:
+            _child(("solution", job, prepared, ""), limits, (ask_r, answer_w), out_w, err_w)
+        os.close(ask_r)
+        os.close(answer_w)
+    nonce = os.urandom(16).hex()
+    result_r, result_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(job, prepared, limits, result_w, out_w, err_w, nonce)
-    for fd in (result_w, out_w, err_w):
+        if server is None:
+            _child(("single", job, prepared, nonce), limits, (result_w,), out_w, err_w)
+        _child(("judge", job, prepared, nonce), limits, (result_w, answer_r, ask_w), out_w, err_w)
+    for fd in (result_w, out_w, err_w, *((answer_r, ask_w) if server is not None else ())):
         os.close(fd)
     try:
         pidfd = os.pidfd_open(pid)
@@ -349,12 +384,27 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
                 drain(fd)
             break
 
-    for kill, target in ((os.killpg, pid), (os.kill, pid)):  # the group; the child itself if not yet a leader
+    server_status = None
+    if server is not None:  # how the solution's process ended, if it did before being killed below
         try:
-            kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            ended = os.waitid(os.P_PID, server, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            ended = None
+        server_status = ended
+    for child in (pid, server) if server is not None else (pid,):
+        for kill, target in ((os.killpg, child), (os.kill, child)):  # the group; the child if not yet a leader
+            try:
+                kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     _, status, usage = os.wait4(pid, 0)
+    server_cpu = 0.0
+    if server is not None:
+        _, server_wait, server_usage = os.wait4(server, 0)
+        server_cpu = server_usage.ru_utime + server_usage.ru_stime
+        if server_status is not None:  # it ended on its own: its signal, if any, classifies the job
+            if os.WIFSIGNALED(server_wait) and not os.WIFSIGNALED(status):
+                status = server_wait
     if pidfd is not None:
         os.close(pidfd)
     for fd in list(open_fds):
@@ -397,7 +447,7 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
                 results[index] = {"passed": record.get("ok") is True, "error": record.get("e")}
 
     notes = []
-    cpu_s = usage.ru_utime + usage.ru_stime
+    cpu_s = usage.ru_utime + usage.ru_stime + server_cpu
     signaled = os.WIFSIGNALED(status)
     signum = os.WTERMSIG(status) if signaled else None
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
