@@ -257,9 +257,11 @@ def _as_base(value: object) -> object:
     if base is tuple and type(getattr(kind, "_fields", None)) is tuple:
         return ("ntuple", kind.__name__, kind._fields, tuple.__getitem__(value, slice(None)))
     if base in (dict, collections.OrderedDict, collections.defaultdict, collections.Counter):
-        mapping = base() if base is not collections.defaultdict else collections.defaultdict(None)
-        dict.update(mapping, dict.items(value))  # dict's own update: Counter's would count the pairs
-        return mapping
+        if base is not collections.Counter:
+            return base(dict.items(value)) if base is not collections.defaultdict else collections.defaultdict(None, dict.items(value))
+        counter = collections.Counter()
+        dict.update(counter, dict.items(value))  # dict's own update: Counter's would count the pairs
+        return counter
     if base in (list, tuple, set, frozenset, collections.deque):
         return base(base.__iter__(value))
     if base is str:
@@ -344,9 +346,11 @@ def decode_value(data: object, resolve: object = None) -> object:
             return _DECODE_SEQUENCES[tag](decode_value(item, resolve) for item in payload)
         if tag in _DECODE_MAPPINGS:
             pairs = [(decode_value(k, resolve), decode_value(v, resolve)) for k, v in payload]
-            mapping = collections.defaultdict(None) if tag == "ddict" else _DECODE_MAPPINGS[tag]()
-            dict.update(mapping, pairs)  # dict's own update: Counter's would count the pairs
-            return mapping
+            if tag != "counter":
+                return collections.defaultdict(None, pairs) if tag == "ddict" else _DECODE_MAPPINGS[tag](pairs)
+            counter = collections.Counter()
+            dict.update(counter, pairs)  # dict's own update: Counter's would count the pairs
+            return counter
         if tag == "ntuple":
             name, fields, items = payload
             return _namedtuple(str(name), tuple(fields))(*(decode_value(v, resolve) for v in items))
@@ -799,6 +803,7 @@ def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: in
                 except (RecursionError, ValueError):
                     handles[id(value)] = value
                     names[name] = ["handle", [id(value), _type_name(value)]]
+    _flush_streams()  # the runner kills this process once the judge is done: what it printed must be out
     pipe.send({"load": load_error, "mem": memory, "names": names})
     if load_error is not None:
         return
@@ -812,6 +817,7 @@ def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: in
         return __import__(payload)
 
     while True:
+        _flush_streams()
         try:
             request = pipe.receive()
         except SolutionGone:
@@ -845,6 +851,14 @@ def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: in
                 pipe.send({"x": [type(exc).__name__, describe(exc)]})
             except BaseException:  # noqa: BLE001
                 return
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001, S110 - a broken stream must not cost the answer
+            pass
 
 
 _CHANNEL: list = []  # the judge's pipe to the solution's process

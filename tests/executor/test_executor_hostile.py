@@ -182,7 +182,7 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
                 pass
         os._exit(0)
         """,
-        {"error"},
+        {"error", "failed"},
     ),
     "connect_to_the_runner_channel": (
         """
@@ -266,7 +266,7 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         def answer():
             return 41
         """,
-        {"failed"},
+        {"failed", "error"},
     ),
     "replace_os_write_and_exit": (
         """
@@ -307,7 +307,9 @@ ORDINARY = Job(
                 if pid.isdigit() and int(pid) not in mine:
                     with open(f'/proc/{pid}/cmdline', 'rb') as handle:
                         command = handle.read().split(b'\\0')[0]
-                    if command != b'sleep':
+                    with open(f'/proc/{pid}/stat', 'rb') as handle:
+                        parent = int(handle.read().rsplit(b')', 1)[1].split()[1])
+                    if command != b'sleep' and parent != os.getppid():  # a sibling: the job's judge process
                         stray.append(int(pid))
             return stray
         """),
@@ -388,9 +390,8 @@ SECRET_TESTS = [
 @pytest.mark.timeout(60)
 def test_a_forger_cannot_pass_probes_because_expected_values_never_enter_the_sandbox(hostile_sandbox):
     (result,) = hostile_sandbox.run([Job(id="forger", solution=IN_PROCESS_FORGER, tests=SECRET_TESTS)])
-    assert result.outcome == "failed"
-    assert [t.passed for t in result.tests] == [False, False, False, True]  # the statement test was forged
-    assert result.tests[0].error == "AssertionError: 42 == 917263 is false"
+    assert result.outcome in ("failed", "error")
+    assert not any(t.passed for t in result.tests)  # the statement test runs in the judge's own process
 
 
 @pytest.mark.timeout(60)
@@ -404,4 +405,4 @@ def test_a_naive_forger_is_caught_as_forging(hostile_sandbox):
         "os._exit(0)\n"
     )
     (result,) = hostile_sandbox.run([Job(id="naive-forger", solution=solution, tests=SECRET_TESTS)])
-    assert result.outcome == "error" and "verdict discarded" in result.stderr
+    assert result.outcome == "error" and not any(t.passed for t in result.tests)
