@@ -314,10 +314,41 @@ def export_bench(url: str, out_dir: Path, reps: int) -> dict[str, float]:
             res[f"{fmt}_rows_s{label}"] = fast_rate
         res[f"{fmt}_reference_rows_s"] = ref_rate
         res[f"{fmt}_speedup"] = res[f"{fmt}_rows_s"] / ref_rate
+    res.update(graded_export_bench(engine, out_dir, reps))
     engine.dispose()
     assert res["rows"] == rows, (res, rows, proc.stdout)
     res["cli_wall_s"] = wall
     res["cli_peak_rss_mb"] = max(rss, before) / 1024
+    return res
+
+
+def graded_export_bench(engine: sa.Engine, out_dir: Path, reps: int) -> dict[str, float]:
+    """The graded exports (issue 17) on the same database, in the same run as the jsonl export above:
+    jsonl rows chosen by a rule from the stored executions (`export --rule`), preference pairs and rl
+    Parquet rows. Rows/s, best of `reps`; `*_problems_s` counts the problems read (every final one)."""
+    from db.export import ExportFilter, export, val_path
+    from db.graded_export import PreferenceOptions, write_graded
+
+    res: dict[str, float] = {}
+    for rule, threshold in (("first", None), ("best", None), ("all_passing", None), ("threshold", 0.5)):
+        for label, workers in (("", None), ("_1_worker", 1)):
+            out = out_dir / f"rule-{rule}{label}.jsonl"
+            flt = ExportFilter(rule=rule, threshold=threshold)
+            res[f"jsonl_rule_{rule}_rows_s{label}"] = _best_rows_s(
+                lambda out=out, flt=flt, workers=workers: export(engine, out, flt=flt, split_val=0.05,
+                                                                 workers=workers).rows, reps)
+    for fmt, suffix in (("preference", "jsonl"), ("rl", "parquet")):
+        out = out_dir / f"graded.{suffix}"
+        problems: list[int] = []
+
+        def run(fmt: str = fmt, out: Path = out, problems: list[int] = problems) -> int:
+            stats, _ = write_graded(engine, out, fmt, [], 0.05, PreferenceOptions(), val_path(out))
+            problems.append(stats.problems)
+            return stats.train + stats.validation
+
+        start = time.perf_counter()
+        res[f"{fmt}_rows_s"] = _best_rows_s(run, reps)
+        res[f"{fmt}_problems_s"] = problems[-1] * reps / (time.perf_counter() - start)
     return res
 
 

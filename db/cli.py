@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     _db_arg(stats)
     stats.add_argument("--run", action="append", help="only this run (repeatable); default: every run")
     stats.add_argument("--json", action="store_true", help="one JSON object per run instead of a table")
+    stats.add_argument("--threshold", type=float, default=None,
+                       help="the threshold rule's fraction in the per-rule counts (default 0.8)")
     runs = sub.add_parser("runs", help="list the runs")
     _db_arg(runs)
     return parser
@@ -92,9 +94,11 @@ def format_funnel(f: dict[str, Any]) -> str:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from db import queries
+    from db import queries, selection
     from db.engine import display_url, make_engine, require_schema
 
+    threshold = selection.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    selection.check_fraction("--threshold", threshold)
     engine = make_engine(args.db, must_exist=True)
     try:
         require_schema(engine)
@@ -103,11 +107,13 @@ def _stats(args: argparse.Namespace) -> int:
             print(f"{display_url(engine)}: no runs yet")
             return 0
         for i, name in enumerate(names):
-            f = queries.funnel(engine, queries.get_run_id(engine, name))
+            run_id = queries.get_run_id(engine, name)
+            f = queries.funnel(engine, run_id)
+            f["selection"] = selection.summary(engine, run_id, threshold, selection.run_seed(engine, run_id))
             if args.json:
                 print(json.dumps(f))
             else:
-                print(("\n" if i else "") + format_funnel(f))
+                print(("\n" if i else "") + format_funnel(f) + "\n" + "\n".join(selection.format_summary(f["selection"])))
     finally:
         engine.dispose()
     return 0

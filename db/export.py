@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
 import json
 import os
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -80,6 +82,11 @@ class Provenance(BaseModel):
     image_digest: str | None
     tests_passed: int
     tests_total: int
+    test_outcomes: list[bool]
+    pass_fraction: float
+    samples_drawn: int
+    samples_passed: int
+    selection_threshold: float | None
 
 
 class JsonlRow(BaseModel):
@@ -130,6 +137,11 @@ class ExportFilter:
     min_tests_passed: int = 0
     since: datetime | None = None
     dedup: bool = False
+    # a graded selection rule (db/selection.py) instead of the triples table: rows come from the
+    # stored executions, chosen at export time
+    rule: str | None = None
+    threshold: float | None = None
+    seed: int = 0
 
 
 @dataclass(slots=True)
@@ -150,6 +162,10 @@ class Triplet:
     tests_passed: int
     tests_total: int
     stages: dict[str, dict[str, Any]]
+    test_outcomes: list[bool]
+    samples_drawn: int
+    samples_passed: int
+    selection_threshold: float | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -208,7 +224,8 @@ def _triple_filters(f: ExportFilter, t: Any) -> list[sa.ColumnElement[bool]]:
     _S_SEED,
     _TESTS_JSON,
     _SHOWN_CODE,
-) = range(21)
+    _EXEC_TESTS,
+) = range(22)
 
 CallInfo = tuple[str | None, str | None, int | None]  # model, params (JSON text), seed
 _NO_CALL: CallInfo = (None, None, None)
@@ -225,6 +242,8 @@ class Page:
     run_names: dict[int, str]
     tests: dict[int, list[str]]
     problem_calls: dict[int, CallInfo]
+    samples: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)  # problem: drawn, passed
+    threshold: float | None = None  # the graded rule's threshold, recorded on every row
 
 
 def _window_query(f: ExportFilter, page_rows: int) -> sa.Select:
@@ -269,6 +288,7 @@ def _page_query(f: ExportFilter, provenance: bool = True) -> sa.Select:
             scall.c.seed,
             p.c.tests_json,
             shown.c.code,
+            sa.cast(e.c.tests, sa.Text),
         ]
         query = (
             sa.select(*columns)
@@ -296,6 +316,19 @@ def _tests_query(f: ExportFilter) -> sa.Select:
     )
 
 
+def _samples_query(f: ExportFilter) -> sa.Select:
+    """Per problem of the triples in (`:last`, `:hi`]: solutions sampled, and how many passed."""
+    t, s, e = Triple.__table__, Solution.__table__, Execution.__table__
+    return (
+        sa.select(t.c.problem_id, sa.func.count(s.c.id), sa.func.sum(sa.case((e.c.outcome == "passed", 1), else_=0)))
+        .select_from(t)
+        .join(s, s.c.problem_id == t.c.problem_id)
+        .outerjoin(e, e.c.solution_id == s.c.id)
+        .where(t.c.id > sa.bindparam("last"), t.c.id <= sa.bindparam("hi"), *_triple_filters(f, t))
+        .group_by(t.c.problem_id)
+    )
+
+
 def _fetch(conn: sa.Connection, query: sa.Select, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """A query's rows as DB-API tuples: SQLAlchemy's per-row result processing cost about as much as
     SQLite's own work here, and these columns (ints and text) need none."""
@@ -308,14 +341,15 @@ def _fetch(conn: sa.Connection, query: sa.Select, params: dict[str, Any]) -> lis
 
 def _read_page(
     conn: sa.Connection, query: sa.Select, tests_query: sa.Select | None, last: int, hi: int,
-    run_names: dict[int, str], all_tests: bool = False,
+    run_names: dict[int, str], all_tests: bool = False, samples_query: sa.Select | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Page | None:
     """The page of triple ids (`last`, `hi`]; None when no triple there passes the filters. Without
     `tests_query` (chat rows) the page has no tests and no calls. The `tests` table is read for the
     rows without `problems.tests_json` (a problem whose tests were never stored that way), or for every
     row with `all_tests` (the reference reader, so that the test suite compares the two)."""
     window = {"last": last, "hi": hi}
-    if not (rows := _fetch(conn, query, window)):
+    if not (rows := _fetch(conn, query, window | (params or {}))):
         return None
     if tests_query is None:
         return Page(rows, run_names, {}, {})
@@ -333,7 +367,10 @@ def _read_page(
             )
         ):
             problem_calls[cid] = tuple(info)  # type: ignore[assignment]
-    return Page(rows, run_names, tests, problem_calls)
+    samples = {}
+    if samples_query is not None:
+        samples = {pid: (int(drawn), int(passed or 0)) for pid, drawn, passed in _fetch(conn, samples_query, window)}
+    return Page(rows, run_names, tests, problem_calls, samples)
 
 
 @contextlib.contextmanager
@@ -376,12 +413,111 @@ class _PageReader:
     """Reads pages of one export on one connection (the queries are built once)."""
 
     def __init__(self, conn: sa.Connection, f: ExportFilter, provenance: bool, all_tests: bool = False):
+        self.f = f
         self.conn, self.query = conn, _page_query(f, provenance)
         self.tests_query = _tests_query(f) if provenance else None
+        self.samples_query = _samples_query(f) if provenance else None
         self.run_names, self.all_tests = _run_names(conn), all_tests
 
     def read(self, last: int, hi: int) -> Page | None:
-        return _read_page(self.conn, self.query, self.tests_query, last, hi, self.run_names, self.all_tests)
+        return _read_page(self.conn, self.query, self.tests_query, last, hi, self.run_names, self.all_tests,
+                          self.samples_query)
+
+    def windows(self, page_rows: int) -> Iterator[tuple[int, int]]:
+        return _windows(self.conn, self.f, page_rows)
+
+
+# --- graded selection: rows chosen from the stored executions at export time -----------------------
+
+RULE_PAGE_PROBLEMS = 1000  # problems per page of a graded export (at most ten ids each are bound)
+
+
+def _rule_rows_query(f: ExportFilter, provenance: bool) -> sa.Select:
+    """`_page_query`'s columns for the solutions `:ids` (chosen by a rule) instead of the triples in a
+    window: the solution id stands in for the triple id, the rule's name for the triple's rule."""
+    p, s, e = (m.__table__ for m in (Problem, Solution, Execution))
+    calls = LLMCall.__table__
+    tcall, scall = calls.alias("tcall"), calls.alias("scall")
+    shown = Test.__table__.alias("shown")
+    columns = [s.c.id, p.c.run_id, p.c.id, p.c.text, p.c.norm_hash, s.c.id, s.c.code]
+    query = sa.select(*columns).select_from(s).join(p, p.c.id == s.c.problem_id).join(e, e.c.solution_id == s.c.id)
+    if provenance:
+        query = query.add_columns(
+            s.c.sample_index, sa.literal(f.rule, sa.String), e.c.image_digest, e.c.tests_passed, e.c.tests_total,
+            p.c.call_id, tcall.c.model, sa.cast(tcall.c.params, sa.Text), tcall.c.seed, scall.c.model,
+            sa.cast(scall.c.params, sa.Text), scall.c.seed, p.c.tests_json, shown.c.code, sa.cast(e.c.tests, sa.Text),
+        )
+        query = (
+            query.outerjoin(tcall, tcall.c.id == p.c.tests_call_id)
+            .outerjoin(scall, scall.c.id == s.c.call_id)
+            .outerjoin(shown, shown.c.id == s.c.shown_test_id)
+        )
+    where = [s.c.id.in_(sa.bindparam("ids", expanding=True))]
+    if f.min_tests_passed:
+        where.append(e.c.tests_passed >= f.min_tests_passed)
+    return query.where(*where).order_by(p.c.id, s.c.sample_index)
+
+
+def _rule_tests_query() -> sa.Select:
+    """Every test of the problems with ids in (`:last`, `:hi`], each problem's in index order."""
+    tests = Test.__table__
+    return (
+        sa.select(tests.c.problem_id, tests.c.code)
+        .where(tests.c.problem_id > sa.bindparam("last"), tests.c.problem_id <= sa.bindparam("hi"))
+        .order_by(tests.c.problem_id, tests.c.index)
+    )
+
+
+class _RuleReader:
+    """Reads the pages of a graded export: windows of problem ids; per window, the samples of its final
+    problems, the rule's choice among them (db/selection.py), and the chosen rows. With `dedup`, a
+    problem hash already exported by an earlier problem (lower id) is dropped: pages must then be read
+    in order, by one reader."""
+
+    def __init__(self, conn: sa.Connection, f: ExportFilter, provenance: bool, all_tests: bool = False):
+        from db import selection
+
+        self.conn, self.f, self.provenance, self.all_tests = conn, f, provenance, all_tests
+        self.spec = selection.SelectionSpec.make(f.rule or "first", f.threshold, f.seed)
+        self.run_names = _run_names(conn)
+        self.run_ids = [rid for rid, name in self.run_names.items() if name in f.runs] if f.runs else None
+        self.samples_query = selection._samples_query(self.run_ids, with_tests=False)
+        self.query = _rule_rows_query(f, provenance)
+        self.tests_query = _rule_tests_query() if provenance else None
+        self.owner: dict[str, int] | None = {} if f.dedup else None  # problem hash -> first problem id
+
+    def windows(self, page_rows: int) -> Iterator[tuple[int, int]]:
+        from db import selection
+
+        return selection.windows(self.conn, self.run_ids, min(page_rows, RULE_PAGE_PROBLEMS))
+
+    def read(self, last: int, hi: int) -> Page | None:
+        from db import selection
+
+        samples: dict[int, tuple[int, int]] = {}
+        ids: list[int] = []
+        for problem in selection.read_window(self.conn, self.samples_query, last, hi):
+            if kept := selection.choose(self.spec, problem):
+                samples[problem.problem_id] = (problem.drawn, problem.passed)
+                ids += [k.solution_id for k in kept]
+        if not ids:
+            return None
+        page = _read_page(self.conn, self.query, self.tests_query, last, hi, self.run_names, self.all_tests,
+                          params={"ids": ids})
+        if page is None:
+            return None
+        if self.owner is not None:
+            owner = self.owner
+            page.rows = [r for r in page.rows if owner.setdefault(r[_NORM_HASH], r[_PROBLEM_ID]) == r[_PROBLEM_ID]]
+        page.samples, page.threshold = samples, self.spec.threshold
+        return page if page.rows else None
+
+
+def make_reader(conn: sa.Connection, f: ExportFilter, provenance: bool, all_tests: bool = False) -> Any:
+    """The triples-table reader, or the graded-selection reader when the filter names a rule."""
+    if f.rule is not None:
+        return _RuleReader(conn, f, provenance, all_tests)
+    return _PageReader(conn, f, provenance, all_tests)
 
 
 def iter_pages(
@@ -393,8 +529,8 @@ def iter_pages(
     page has no tests or calls (what chat rows need); `all_tests` reads every row's tests from the
     `tests` table (see `_read_page`)."""
     with _snapshot(engine) as conn:
-        reader = _PageReader(conn, f, provenance, all_tests)
-        for last, hi in _windows(conn, f, page_rows):
+        reader = make_reader(conn, f, provenance, all_tests)
+        for last, hi in reader.windows(page_rows):
             if page := reader.read(last, hi):
                 yield page
 
@@ -424,7 +560,27 @@ def iter_triples(engine: sa.Engine, f: ExportFilter, page_rows: int = PAGE_ROWS)
                     "tests": _stage(row[_T_MODEL], row[_T_PARAMS], row[_T_SEED]),
                     "solutions": _stage(row[_S_MODEL], row[_S_PARAMS], row[_S_SEED]),
                 },
+                test_outcomes=test_outcomes(row[_EXEC_TESTS], row[_TOTAL]),
+                samples_drawn=page.samples[row[_PROBLEM_ID]][0],
+                samples_passed=page.samples[row[_PROBLEM_ID]][1],
+                selection_threshold=page.threshold,
             )
+
+
+def test_outcomes(tests: str | None, total: int) -> list[bool]:
+    """Per-test pass/fail from an execution's stored results (JSON), in test order; tests the run never
+    reached (a timeout cuts it short) count as failed."""
+    results = json.loads(tests) if tests else []
+    out = [bool(r.get("passed")) for r in results]
+    return out + [False] * (total - len(out))
+
+
+test_outcomes.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+def pass_fraction(passed: int, total: int) -> float:
+    """tests passed / tests, rounded to 4 places (the same number in every export format)."""
+    return round(passed / total, 4) if total else 0.0
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -451,6 +607,11 @@ def jsonl_row(x: Triplet) -> dict[str, Any]:
             "image_digest": x.image_digest,
             "tests_passed": x.tests_passed,
             "tests_total": x.tests_total,
+            "test_outcomes": x.test_outcomes,
+            "pass_fraction": pass_fraction(x.tests_passed, x.tests_total),
+            "samples_drawn": x.samples_drawn,
+            "samples_passed": x.samples_passed,
+            "selection_threshold": x.selection_threshold,
         },
     }
 
@@ -500,6 +661,17 @@ def _stage_json(model: str | None, params: str | None, seed: int | None) -> str:
     return f"{_stage_head(model, params)}{'null' if seed is None else seed}}}"
 
 
+# `"passed": true` in stored per-test results (no space on SQLite, one in PostgreSQL's JSONB text); a
+# quote inside an error message is escaped (\"), so the pattern only ever matches the key itself.
+_PASSED_KEY = re.compile(r'"passed":\s*(true|false)')
+
+
+def _outcomes_json(tests: str | None, total: int) -> str:
+    """== json of test_outcomes(tests, total), without decoding the results."""
+    flags = _PASSED_KEY.findall(tests) if tests else []
+    return "[" + ",".join(flags + ["false"] * (total - len(flags))) + "]"
+
+
 def _is_val(example_id: str, fraction: float) -> bool:
     return fraction > 0 and int(example_id[:8], 16) / 2**32 < fraction  # == is_validation
 
@@ -511,11 +683,12 @@ def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str])
     problem_stage = {cid: _stage_json(*info) for cid, info in page.problem_calls.items()}
     no_stage = _stage_json(*_NO_CALL)
     stages: dict[CallInfo, str] = {}  # this page's distinct (model, params, seed) as JSON
+    samples, threshold = page.samples, "null" if page.threshold is None else repr(float(page.threshold))
     val_below = split_val * 2**32  # is_validation: the id's first 32 bits / 2**32 < split_val, exactly
     sha256 = hashlib.sha256
     for row in page.rows:
         (_, rid, pid, problem, norm_hash, sid, code, sample_index, rule, digest, passed, total, pcall,
-         t_model, t_params, t_seed, s_model, s_params, s_seed, tests, shown) = row  # fmt: skip
+         t_model, t_params, t_seed, s_model, s_params, s_seed, tests, shown, exec_tests) = row  # fmt: skip
         if tests is None:
             tests = tests_from_table.get(pid, "[]")
         run = page.run_names[rid]
@@ -532,7 +705,9 @@ def _jsonl_lines(page: Page, split_val: float, train: list[str], val: list[str])
             f'"stages":{{"problems":{no_stage if pcall is None else problem_stage.get(pcall, no_stage)},'
             f'"tests":{t_stage},"solutions":{s_stage}}},"shown_test":{"null" if shown is None else _json_str(shown)},'
             f'"image_digest":{_json_cached(digest)},"tests_passed":{passed},'
-            f'"tests_total":{total}}}}}\n'
+            f'"tests_total":{total},"test_outcomes":{_outcomes_json(exec_tests, total)},'
+            f'"pass_fraction":{pass_fraction(passed, total)!r},"samples_drawn":{samples[pid][0]},'
+            f'"samples_passed":{samples[pid][1]},"selection_threshold":{threshold}}}}}\n'
         )
         (val if int(example_id[:8], 16) < val_below else train).append(line)
     return 0
@@ -689,8 +864,10 @@ def _page_texts(engine: sa.Engine, f: ExportFilter, fmt: ExportFormat, split_val
     """Every page of the export as text, in triple id order: built here, or by `workers` processes when
     there are enough pages to keep them busy."""
     with _snapshot(engine) as conn:
-        reader = _PageReader(conn, f, provenance=fmt == "jsonl")
-        windows = _windows(conn, f, PAGE_ROWS)
+        reader = make_reader(conn, f, provenance=fmt == "jsonl")
+        windows = reader.windows(PAGE_ROWS)
+        if f.rule is not None and f.dedup:
+            workers = 1  # the graded reader dedups across pages in order
         context = _process_context()
         min_pages = workers * (_MIN_PAGES_PER_FORKED_WORKER if context.get_start_method() == "fork"
                                else _MIN_PAGES_PER_SPAWNED_WORKER)
@@ -730,7 +907,7 @@ def _start_worker(url: str, imported: str | None, f: ExportFilter, fmt: ExportFo
     conn = stack.enter_context(_snapshot(engine, imported))
     stack.callback(engine.dispose)
     Finalize(None, stack.close, exitpriority=10)
-    _worker_state.update(reader=_PageReader(conn, f, provenance=fmt == "jsonl"),
+    _worker_state.update(reader=make_reader(conn, f, provenance=fmt == "jsonl"),
                          args=(fmt, split_val, answer_format))
 
 
@@ -754,7 +931,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLAlchemy URL or SQLite path (default: $SELFINSTRUCT_DB)",
     )
     ap.add_argument("--run", action="append", default=[], help="only this run (repeatable); default: every run")
-    ap.add_argument("--format", choices=("jsonl", "chat"), default="jsonl", dest="fmt")
+    ap.add_argument("--format", choices=("jsonl", "chat", "preference", "rl"), default="jsonl", dest="fmt",
+                    help="jsonl / chat: selected triples; preference: (chosen, rejected) pairs (JSONL); "
+                    "rl: one row per problem, verl's Parquet layout (db/graded_export.py)")
+    ap.add_argument("--rule", default=None,
+                    help="jsonl / chat: select from the stored executions by this rule (first, random, threshold, "
+                    "best, all_passing) instead of the triples table; nothing is executed")
+    ap.add_argument("--threshold", type=float, default=None, help="the threshold rule's minimum pass fraction")
+    ap.add_argument("--seed", type=int, default=None, help="the random rule's seed (default: the run's config seed)")
+    ap.add_argument("--chosen-min", type=float, default=1.0, help="preference: chosen pass at least this fraction")
+    ap.add_argument("--rejected-max", type=float, default=0.5, help="preference: rejected pass at most this fraction")
+    ap.add_argument("--pairs-per-problem", type=int, default=3, help="preference: at most K pairs per problem")
     ap.add_argument(
         "--out", required=True, type=Path, help="training file; validation goes to the sibling NAME.val.SUFFIX"
     )
@@ -778,13 +965,44 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(args.db, must_exist=True)
     try:
         require_schema(engine)
-        if args.run:
-            from db.queries import get_run_id
+        from db import selection
+        from db.queries import get_run_id, run_names
 
-            for name in args.run:
-                get_run_id(engine, name)  # a missing run is a clear error, not an empty file
+        run_ids = [get_run_id(engine, name) for name in args.run]  # a missing run is a clear error, not an empty file
+        graded = args.fmt in ("preference", "rl")
+        if args.rule is not None or graded:
+            if args.since is not None:
+                raise UserError("--since filters the triples table: it does not combine with --rule, preference or rl")
+            names = list(args.run) or run_names(engine)
+            selection.require_executions(engine, run_ids or [get_run_id(engine, n) for n in names], names)
+        if graded:
+            if args.rule is not None:
+                raise UserError(f"--rule selects jsonl / chat rows; {args.fmt} grades every sample itself")
+            if not 0.0 <= args.split_val < 1.0:
+                raise UserError(f"--split-val must be in [0, 1), got {args.split_val}")
+            from db.graded_export import PreferenceOptions, write_graded
+
+            opts = PreferenceOptions(args.chosen_min, args.rejected_max, args.pairs_per_problem)
+            gstats, paths = write_graded(engine, args.out, args.fmt, args.run, args.split_val, opts, val_path(args.out))
+            what = "pairs" if args.fmt == "preference" else "problems"
+            msg = f"wrote {gstats.train} {args.fmt} {what} to {paths[0]}"
+            if len(paths) > 1:
+                msg += f" and {gstats.validation} to {paths[1]}"
+            msg += f" (from {gstats.problems} final problems; nothing was executed)"
+            if gstats.skipped_chat_format:
+                msg += f"; skipped {gstats.skipped_chat_format} whose text contains Llama 2 control tags"
+            print(msg)
+            return 0
+        seed = args.seed
+        if args.rule is not None:
+            if seed is None:
+                seed = selection.run_seed(engine, run_ids[0]) if run_ids else 0
+            selection.SelectionSpec.make(args.rule, args.threshold, seed)  # bad input: one line, before any file
+        elif args.threshold is not None or args.seed is not None:
+            raise UserError("--threshold and --seed go with --rule")
         flt = ExportFilter(
-            runs=tuple(args.run), min_tests_passed=args.min_tests_passed, since=args.since, dedup=args.dedup
+            runs=tuple(args.run), min_tests_passed=args.min_tests_passed, since=args.since, dedup=args.dedup,
+            rule=args.rule, threshold=args.threshold, seed=seed or 0,
         )
         stats = export(
             engine, args.out, fmt=args.fmt, flt=flt, split_val=args.split_val, answer_format=args.answer_format,

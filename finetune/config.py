@@ -76,6 +76,7 @@ class DataConfig(_Strict):
     system: str | None = None  # an optional system message merged into every user turn
     seq_len: int | None = Field(default=None, gt=1)  # None: the model's max_seq_len
     packing: bool = True  # False: length-bucketed, padded batches
+    share_prefixes: bool = False  # packing: write a common prompt prefix once per row (same loss, fewer tokens)
     val_fraction: float = Field(default=0.05, ge=0.0, lt=1.0)  # split from `paths` when `val_paths` is empty
     val_paths: list[str] = []  # a validation export (`selfinstruct export --split-val` writes NAME.val.jsonl)
     rehearsal: list[RehearsalSource] = [

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 
 from finetune.data import TokenizedDoc
-from finetune.packing import Batch, bucket_rows, collate, pack_rows
+from finetune.packing import Batch, bucket_rows, collate, pack_rows, pack_rows_sharing, row_width
 from finetune.rehearsal import RehearsalMixer
 from selfinstruct.errors import UserError
 
@@ -60,6 +60,7 @@ class TrainingStream:
     world_size: int = 1
     rank: int = 0
     mixer: RehearsalMixer | None = None
+    share_prefixes: bool = False  # packing only: a prompt prefix written once per row (finetune/packing.py)
     _cache: dict[int, _Epoch] = field(default_factory=dict, repr=False)
 
     @property
@@ -79,7 +80,10 @@ class TrainingStream:
         if self.packing:
             order = list(range(len(docs)))
             rng.shuffle(order)
-            rows = [[order[i] for i in row] for row in pack_rows([len(docs[i]) for i in order], self.seq_len)]
+            if self.share_prefixes:
+                rows = pack_rows_sharing(docs, order, self.seq_len, rng)
+            else:
+                rows = [[order[i] for i in row] for row in pack_rows([len(docs[i]) for i in order], self.seq_len)]
         else:
             rows = bucket_rows([len(d) for d in docs], self.batch_size, rng)
         if len(rows) < self.rows_per_step:
@@ -87,6 +91,14 @@ class TrainingStream:
                             f"{self.rows_per_step} (batch_size x grad_accum x processes); lower train.batch_size "
                             f"or train.grad_accum, or add data")
         return _Epoch(docs, rows, len(extra))
+
+    def fill(self) -> float | None:
+        """The share of the first epoch's packed rows that holds tokens (None without packing)."""
+        if not self.packing:
+            return None
+        first = self.epoch(0)
+        return sum(row_width(first.docs, row, self.share_prefixes) for row in first.rows) / (
+            len(first.rows) * self.seq_len)
 
     def steps_per_epoch(self) -> int:
         return len(self.epoch(0).rows) // self.rows_per_step
@@ -102,7 +114,8 @@ class TrainingStream:
         micro = []
         for k in range(self.grad_accum):
             start = (k * self.world_size + self.rank) * self.batch_size
-            micro.append(collate(current.docs, step_rows[start:start + self.batch_size], width))
+            micro.append(collate(current.docs, step_rows[start:start + self.batch_size], width,
+                                 share=self.packing and self.share_prefixes))
         n_targets = sum(current.docs[i].n_trained for row in step_rows for i in row)
         n_tokens = sum(len(current.docs[i]) for row in step_rows for i in row)
         nxt = DataPosition(position.epoch, position.row + self.rows_per_step)

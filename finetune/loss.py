@@ -34,5 +34,5 @@ def sequence_loss_sum(model: nn.Module, batch: Batch, autocast: contextlib.Abstr
     """Summed cross-entropy over the batch's trained targets (fp32 logits for a stable softmax)."""
     trained = batch.targets != IGNORE_INDEX
     with autocast, head_only_at(model, trained):
-        logits = model(batch.tokens, positions=batch.positions, doc_ids=batch.doc_ids)
+        logits = model(batch.tokens, positions=batch.positions, doc_ids=batch.doc_ids, shared=batch.shared)
     return F.cross_entropy(logits.float(), batch.targets[trained], reduction="sum")

@@ -205,7 +205,7 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
         val_docs += recipe.val if not dc.val_paths else []
     mixer = RehearsalMixer(tokenizer, list(dc.rehearsal), seq_len, dc.infilling) if dc.rehearsal else None
     stream = TrainingStream(train_docs, seq_len, dc.packing, tc.batch_size, tc.grad_accum, tc.seed,
-                            info.world_size, info.rank, mixer)
+                            info.world_size, info.rank, mixer, dc.share_prefixes)
     stream.epoch(0)  # fail now, not mid-run, if one step does not fit the data
     val_batches, val_counted = eval_batches(val_docs, seq_len, dc.packing, tc.batch_size, tc.eval_batches,
                                             info.world_size, info.rank)
@@ -229,7 +229,7 @@ def _train(config: FinetuneConfig, info: DistInfo, stop_after: int | None) -> Tr
 
     if resumed_from is None:
         first_epoch = stream.epoch(0)
-        fill = sum(len(d) for d in first_epoch.docs) / (len(first_epoch.rows) * seq_len) if dc.packing else None
+        fill = stream.fill()
         metrics.write("data", train_examples=len(train_docs), val_examples=len(val_docs),
                       rehearsal_docs=first_epoch.n_rehearsal, rows_per_epoch=len(first_epoch.rows),
                       steps_per_epoch=stream.steps_per_epoch(),

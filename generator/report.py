@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from db import queries
 from db.engine import normalize_url, read_transaction
 from db.models import LLMCall
+from generator.novelty import Novelty, novelty
 from generator.parsers import parse_problems, parse_tests
 
 _STREAM_ROWS = 1000
@@ -34,10 +35,14 @@ class RunReport(BaseModel):
     status: str
     funnel: dict[str, Any]
     parse_failures: dict[str, dict[str, int]] = Field(description="stage -> reason -> count")
+    selection: dict[str, Any] = Field(
+        default_factory=dict, description="pass-fraction histogram and per-rule counts (db.selection.summary)"
+    )
     wall_s: float | None = Field(default=None, description="wall time of the invocation that made the report")
     executed_now: int = Field(default=0, description="executions recorded by that invocation")
     executions_per_s: float | None = None
     plot_path: str | None = None
+    novelty: Novelty | None = Field(default=None, description="what is not simply the bundled recipe corpus")
 
     @property
     def triples(self) -> int:
@@ -76,7 +81,10 @@ def build_report(
     execution_busy_s: float = 0.0,
 ) -> RunReport:
     funnel = queries.funnel(engine, run_id)
+    from db import selection
+
     return RunReport(
+        selection=selection.summary(engine, run_id, selection.DEFAULT_THRESHOLD, selection.run_seed(engine, run_id)),
         run=funnel["run"]["name"],
         run_id=run_id,
         status=funnel["run"]["status"],
@@ -85,6 +93,7 @@ def build_report(
         wall_s=wall_s,
         executed_now=executed_now,
         executions_per_s=executed_now / execution_busy_s if executed_now and execution_busy_s > 0 else None,
+        novelty=novelty(engine, run_id),
     )
 
 
@@ -142,7 +151,19 @@ def render_report(report: RunReport, console: Console | None = None) -> None:
         "",
     )
     table.add_row("triples", f"{f['triples']['count']} ({_reasons(f['triples']['by_rule'])})", "", "")
+    if report.selection:
+        sel = report.selection
+        rules = ", ".join(f"{k} {v['triples']}" for k, v in sel["rules"].items())
+        hist = ", ".join(f"{k}: {v}" for k, v in sel["pass_fraction_histogram"].items() if v)
+        table.add_row("rules", f"would keep {rules}", f"pass fractions {hist or '-'}", "")
     console.print(table)
+    if (n := report.novelty) is not None and n.accepted:
+        console.print(
+            f"against the bundled recipe corpus: {n.new_problems} of {n.accepted} accepted problems are new "
+            f"(not a corpus problem after normalization); {n.triples_unlike_reference} of {n.triples} triples "
+            f"have a solution unlike the corpus's reference ({n.triples_new_problem} for new problems, "
+            f"{n.triples_other_solution} other solutions to corpus problems)"
+        )
     timing = []
     if report.wall_s is not None:
         timing.append(f"wall time {report.wall_s:.1f} s")
@@ -192,7 +213,18 @@ def plot_funnel(report: RunReport, path: str | Path) -> Path:
     steps = funnel_steps(report)
     labels = [name for name, _ in steps][::-1]
     values = [value for _, value in steps][::-1]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    hist = report.selection.get("pass_fraction_histogram") if report.selection else None
+    if hist:
+        fig, (ax, hx) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+        names, counts = list(hist), list(hist.values())
+        hx.bar(range(len(names)), counts, color=["#55a868" if n == "1.0" else "#c44e52" for n in names])
+        hx.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+        hx.set_xlabel("pass fraction (tests passed / tests)")
+        hx.set_ylabel("executions")
+        rules = report.selection["rules"]
+        hx.set_title("; ".join(f"{k} {v['triples']}" for k, v in rules.items()), fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
     bars = ax.barh(labels, values, color=["#4c72b0" if "solution" not in n else "#dd8452" for n in labels])
     for bar, value in zip(bars, values, strict=True):
         ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,}", va="center", fontsize=9)

@@ -5,7 +5,7 @@ through `scaled_dot_product_attention`, SwiGLU feed-forward, untied output head,
 layers are `model.linear.Linear`: nn.Linear, with fp32 products on CPU through oneDNN (2x MKL here).
 
 Two entry points:
-- `model(tokens, positions=None, doc_ids=None)`: the full-sequence forward used for training and scoring.
+- `model(tokens, positions=None, doc_ids=None, shared=None)`: the full-sequence forward used for training and scoring.
   `doc_ids` (sequence packing) keeps attention inside each document; the caller restarts `positions`
   per document.
 - `model.forward_cached(...)`: prefill and decode against a static KV cache preallocated by
@@ -214,8 +214,11 @@ class Transformer(nn.Module):
 
     # -- full-sequence forward ------------------------------------------------------------------
 
-    def forward(self, tokens: Tensor, positions: Tensor | None = None, doc_ids: Tensor | None = None) -> Tensor:
-        """Logits [b, s, vocab] for tokens [b, s], causal; with `doc_ids`, causal within each document."""
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, doc_ids: Tensor | None = None,
+                shared: Tensor | None = None) -> Tensor:
+        """Logits [b, s, vocab] for tokens [b, s], causal; with `doc_ids`, causal within each document;
+        `shared` [b, s, 2] adds, per token, a [start, end) span of the row it also attends to (a prompt
+        prefix written once for several packed documents, finetune/packing.py)."""
         b, s = tokens.shape
         if positions is None:
             positions = torch.arange(s, device=tokens.device).expand(b, s)
@@ -223,7 +226,11 @@ class Transformer(nn.Module):
         mask = None
         if doc_ids is not None:
             causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).tril()
-            mask = ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+            mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal
+            if shared is not None:
+                cols = torch.arange(s, device=tokens.device)
+                mask = mask | ((cols >= shared[..., :1]) & (cols < shared[..., 1:]))
+            mask = mask[:, None]
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():

@@ -6,7 +6,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-export QUICKSTART_PRESET="${QUICKSTART_PRESET:-tiny}" QUICKSTART_FT_STEPS="${QUICKSTART_FT_STEPS:-10}"
+# reduced size: the demo model warmed up on 10 corpus problems (not 40), 4 problem calls, 10 fine-tuning steps
+export QUICKSTART_WARMUP_PROBLEMS="${QUICKSTART_WARMUP_PROBLEMS:-10}" QUICKSTART_WARMUP_STEPS="${QUICKSTART_WARMUP_STEPS:-300}"
+export QUICKSTART_FT_STEPS="${QUICKSTART_FT_STEPS:-10}"
+REDUCED=(--set problems.max_calls=4 --set problems.target=10)
 OUT=runs/quickstart
 rm -rf "$OUT"
 
@@ -19,7 +22,7 @@ print(" ".join(f"{t}={con.execute(f'select count(*) from {t}').fetchone()[0]}" f
 PY
 }
 
-scripts/quickstart.sh --set problems.max_calls=4
+scripts/quickstart.sh "${REDUCED[@]}"
 for f in "$OUT/selfinstruct.db" "$OUT/quickstart-funnel.png" "$OUT/export/train.jsonl" \
          "$OUT/finetune/hf/config.json" "$OUT/finetune/metrics.jsonl" "$OUT/finetune/loss.png"; do
   [ -e "$f" ] || { echo "check_fresh_clone: missing $f" >&2; exit 1; }
@@ -27,8 +30,9 @@ done
 first=$(counts)
 echo "after the first run:  $first"
 [[ "$first" == *"llm_calls=0 "* ]] && { echo "check_fresh_clone: the pipeline made no LLM calls" >&2; exit 1; }
+[[ "$first" == *"triples=0"* ]] && { echo "check_fresh_clone: the warmed demo model made no triples" >&2; exit 1; }
 
-scripts/quickstart.sh --set problems.max_calls=4
+scripts/quickstart.sh "${REDUCED[@]}"
 second=$(counts)
 echo "after the second run: $second"
 [ "$first" = "$second" ] || { echo "check_fresh_clone: the second run changed the database (it should resume)" >&2; exit 1; }

@@ -14,8 +14,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sandbox": ("executor.cli", "the Docker sandbox: build the image, run jobs"),
     "db": ("db.cli", "the database: upgrade (migrations), stats"),
     "generate": ("generator.cli:generate_main", "run (or resume) the self-instruct pipeline"),
-    "export": ("db.export:main", "export passing triples as JSONL or Llama 2 chat data"),
+    "export": ("db.export:main", "export triples (JSONL, Llama 2 chat), preference pairs or RL prompts (Parquet)"),
+    "select": ("db.selection:main", "apply a selection rule to a run's stored executions (nothing re-executed)"),
     "finetune": ("finetune.cli", "instruct fine-tuning of the project's own model"),
+    "eval": ("evaluation.cli", "pass@k of a model or samples file in the sandbox; Table 8 comparison"),
 }
 
 

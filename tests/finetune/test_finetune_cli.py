@@ -84,3 +84,17 @@ def test_validation_export_file_is_used_instead_of_a_split(tmp_path, tiny_checkp
     write_jsonl(tmp_path / "leak.jsonl", rows[9:])
     assert main(common + ["--val-data", "leak.jsonl", "--out", str(tmp_path / "b")]) == 2
     assert "duplicate example id 't9'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(150)
+def test_sequence_length_follows_the_model_unless_set(tmp_path, tiny_checkpoint, export_file, monkeypatch, capsys):
+    """The README's CPU smoke command (`--model tiny`, or a directory of the tiny preset) sets no sequence
+    length: the model's max_seq_len (512) is used; an explicit longer one is the usual one-line error."""
+    monkeypatch.chdir(tmp_path)
+    common = ["--data", str(export_file), "--max-steps", "1", "--set", "train.progress=false",
+              "--set", "train.device=cpu", "--set", "train.batch_size=2", "--set", "data.rehearsal=[]"]
+    for source, out in (("tiny", "preset"), (str(tiny_checkpoint), "directory")):
+        assert main(common + ["--model", source, "--out", str(tmp_path / out)]) == 0, capsys.readouterr().err
+        assert json.loads((tmp_path / out / "summary.json").read_text())["steps"] == 1
+    assert main(common + ["--model", "tiny", "--out", str(tmp_path / "long"), "--set", "data.seq_len=2048"]) == 2
+    assert "data.seq_len=2048 is longer than the model's max_seq_len=512" in capsys.readouterr().err

@@ -109,3 +109,53 @@ def test_head_on_trained_positions_only_gives_the_full_loss_and_gradient(docs, t
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def _prompted_docs(seed: int = 0) -> list[TokenizedDoc]:
+    """Documents in three prompt families (a long common prefix each, as the recipe warm-up's stages have),
+    then a question of their own and a trained answer; plus two documents with no family."""
+    rng = random.Random(seed)
+    prefixes = [[1] + [rng.randrange(3, 200) for _ in range(rng.randint(30, 60))] for _ in range(3)]
+    docs = []
+    for k in range(14):
+        prompt = (prefixes[k % 3] if k < 12 else [1]) + [rng.randrange(3, 200) for _ in range(rng.randint(3, 15))]
+        answer = [rng.randrange(3, 200) for _ in range(rng.randint(4, 20))] + [2]
+        docs.append(TokenizedDoc(ids=prompt + answer, trained=[False] * len(prompt) + [True] * len(answer)))
+    return docs
+
+
+def test_shared_prefix_rows_give_the_same_loss_in_fewer_tokens(tiny_model):
+    from finetune.packing import pack_rows_sharing, row_width, shared_length
+
+    docs = _prompted_docs()
+    order = list(range(len(docs)))
+    random.Random(1).shuffle(order)
+    rows = pack_rows_sharing(docs, order, 256, random.Random(2))
+    assert sorted(i for row in rows for i in row) == list(range(len(docs)))
+    assert all(row_width(docs, row, True) <= 256 for row in rows)
+    shared = collate(docs, rows, 256, share=True)
+    assert shared.shared is not None
+    assert shared.n_tokens < sum(len(d) for d in docs) * 0.75  # the prefixes are written about once per row
+    plain = collate(docs, [[i] for i in range(len(docs))], None)
+    assert shared.n_targets == plain.n_targets == sum(d.n_trained for d in docs)
+    null = contextlib.nullcontext()
+    shared_loss = sequence_loss_sum(tiny_model, shared, null)
+    plain_loss = sequence_loss_sum(tiny_model, plain, null)
+    assert shared_loss.item() == pytest.approx(plain_loss.item(), rel=1e-5)
+    # a trained token inside the common part stops the sharing before it; short prefixes are not shared
+    a = TokenizedDoc(ids=list(range(3, 43)), trained=[False] * 40)
+    b = TokenizedDoc(ids=list(range(3, 43)) + [99], trained=[False] * 30 + [True] * 11)
+    assert shared_length(a, b) == 0 and shared_length(b, a) == 39
+    assert shared_length(a, TokenizedDoc(ids=list(range(3, 13)) + [7], trained=[False] * 11)) == 0
+
+
+def test_shared_prefix_training_stream_matches_its_fill(tiny_model):
+    from finetune.loader import DataPosition, TrainingStream
+
+    docs = _prompted_docs(seed=3) * 4
+    plain = TrainingStream(docs, 256, True, 2, 1, 0)
+    shared = TrainingStream(docs, 256, True, 2, 1, 0, share_prefixes=True)
+    assert len(shared.epoch(0).rows) < len(plain.epoch(0).rows)
+    assert 0 < shared.fill() <= 1.0
+    step, _ = shared.next_step(DataPosition())
+    assert any(b.shared is not None for b in step.micro_batches)

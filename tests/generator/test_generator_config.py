@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from generator.config import load_config
 from generator.seeds import derive_seed, shown_test_index
@@ -128,4 +129,10 @@ def test_seeds_are_stable_and_depend_on_identity_only():
 @pytest.mark.parametrize("path", sorted((ROOT / "generator" / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     cfg = load_config(path)
-    assert cfg.solutions.n == 10 and cfg.tests.count == 5 and cfg.problems.per_call == 50
+    assert cfg.solutions.n == 10 and cfg.tests.count == 5
+    if path.name == "quickstart.yaml":
+        # the demo model asks for lists of the size its recipe warm-up taught it
+        warmup = yaml.safe_load((ROOT / "finetune" / "configs" / "recipe-warmup-demo.yaml").read_text())
+        assert [cfg.problems.per_call] == warmup["data"]["recipe"]["list_sizes"]
+    else:
+        assert cfg.problems.per_call == 50  # the paper's
