@@ -158,6 +158,8 @@ def compare(op: str, left: object, right: object) -> bool:
         return bool(_ORDERING[op](left, right))  # built-in operators on built-in data: no user code runs
     if op == "Eq":
         return strict_equal(left, right)
+    if op == "NotEq":
+        return not strict_equal(left, right)
     raise UntrustedComparison(
         f"cannot decide `{_SYMBOL[op]}` between {_type_name(left)} and {_type_name(right)}: "
         "the result would be chosen by the object itself"
@@ -185,6 +187,8 @@ def strict_equal(left: object, right: object) -> bool:
         )
     if kind in (set, frozenset):
         raise UntrustedComparison(f"cannot compare {_type_name(left)}s of untrusted objects")
+    if kind is Remote:  # two objects of the solution's (judge side): compared by what they are, see _remote_equal
+        return _remote_equal(left, right)
     # Same user-defined type on both sides: its __eq__ must agree in both directions and return a real bool.
     return (left == right) is True and (right == left) is True
 
@@ -201,6 +205,8 @@ def compare_chain(ops: tuple[str, ...], *operands: object) -> bool:
 
 def _mismatch_text(op: str, left: object, right: object) -> str:
     def show(value: object) -> str:
+        if type(value) is Remote:
+            return f"<{object.__getattribute__(value, '_t')} object>"
         return _SHORT_REPR.repr(value) if is_trusted(value) else f"<{_type_name(value)} object>"
 
     return f"{show(left)} {_SYMBOL[op]} {show(right)} is false"
@@ -308,7 +314,12 @@ def encode_value(value: object, handles: dict | None = None) -> object:
         return ["ntuple", [kind.__name__, list(kind._fields), [encode_value(v, handles) for v in value]]]
     if kind is Remote and handles is not None:
         return ["handle", [object.__getattribute__(value, "_h"), object.__getattribute__(value, "_t")]]
-    if handles is not None and kind is _BUILTIN_FUNCTION and getattr(builtins, value.__name__, None) is value:
+    if (
+        handles is not None
+        and kind is _BUILTIN_FUNCTION
+        and value.__name__ in _JUDGE_BUILTINS
+        and getattr(builtins, value.__name__, None) is value
+    ):
         return ["builtin", value.__name__]
     base = _as_base(value)
     if base is not _MISSING_BASE:
@@ -316,7 +327,7 @@ def encode_value(value: object, handles: dict | None = None) -> object:
             return ["ntuple", [base[1], list(base[2]), [encode_value(v, handles) for v in base[3]]]]
         return encode_value(base, handles)
     if handles is not None:
-        if kind is _MODULE and value.__name__ in sys.stdlib_module_names:
+        if kind is _MODULE and value.__name__ in _JUDGE_MODULES:
             return ["module", value.__name__]
         handles[id(value)] = value
         return ["handle", [id(value), _type_name(value)]]
@@ -325,6 +336,18 @@ def encode_value(value: object, handles: dict | None = None) -> object:
 
 _BUILTIN_FUNCTION = type(len)
 _MODULE = type(sys)
+# What may cross from the solution's process as the judge's OWN object rather than as a handle: builtins and
+# standard-library modules that cannot run code made of data. The judge enforces these lists too (the
+# solution's process can send anything). Attack closed: `decode = exec` (or a module such as pickle or
+# builtins) handed to the judge, then a test `decode(encode(s))` ran the solution's string in the judge.
+_JUDGE_BUILTINS = frozenset(
+    "abs all any ascii bin callable chr divmod format hash hex isinstance issubclass iter len max min next oct "
+    "ord pow repr round sorted sum".split()
+)
+_JUDGE_MODULES = frozenset(
+    "math cmath string re itertools functools collections heapq bisect random statistics fractions decimal "
+    "datetime json copy operator array hashlib textwrap unicodedata time numbers".split()
+)
 
 
 _DECODE_SEQUENCES = {tag: kind for kind, tag in _TAGGED_SEQUENCES.items()}
@@ -511,7 +534,7 @@ def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
     """
     tree = ast.parse(source, filename, "exec")
     if not _has_assert(tree) or _has_star_import(tree):
-        return compile(tree, filename, "exec"), False
+        return compile(tree, filename, "exec", dont_inherit=True), False
     tree = _AssertRewriter().visit(tree)
     bound = _BoundNames()
     for stmt in tree.body:
@@ -530,7 +553,7 @@ def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
         function.type_params = []
     module = ast.Module(body=[function], type_ignores=[])
     ast.fix_missing_locations(module)
-    return compile(module, filename, "exec"), True
+    return compile(module, filename, "exec", dont_inherit=True), True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -599,7 +622,7 @@ def compile_probe(expression: str, filename: str = "<probe>") -> object:
         function.type_params = []
     module = ast.Module(body=[function], type_ignores=[])
     ast.fix_missing_locations(module)
-    return compile(module, filename, "exec")
+    return compile(module, filename, "exec", dont_inherit=True)
 
 
 def _cache_key(test: str | dict) -> str:
@@ -637,11 +660,22 @@ def compile_phases(job: dict) -> dict[str, object]:
         source = job.get(phase) or ""
         if source:
             try:
-                phases[phase] = compile(source, f"<{phase}>", "exec")
+                # dont_inherit: this module's `from __future__ import annotations` must not turn the solution's
+                # annotations into strings (a false negative found by the suite: @dataclass then failed).
+                phases[phase] = compile(source, f"<{phase}>", "exec", dont_inherit=True)
             except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
                 phases[phase] = f"{phase}: {describe(exc)}"
                 break
     return phases
+
+
+def _solution_namespace() -> dict:
+    """The globals solution, setup and tests run in: a module registered as `solution` in sys.modules, as
+    plain CPython's `__main__` is (dataclasses, pickle and typing look a class's module up there)."""
+    module = type(sys)("solution")
+    module.__builtins__ = builtins
+    sys.modules["solution"] = module
+    return module.__dict__
 
 
 def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) -> None:
@@ -653,7 +687,7 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
     atexit handlers and finalizers the solution left behind cannot run after the verdict.
     """
     real_stdout, real_stderr = sys.stdout, sys.stderr
-    namespace: dict = {"__name__": "solution", "__builtins__": builtins}
+    namespace = _solution_namespace()
     tests = job.get("tests", [])
     phases, compiled = prepared if prepared is not None else (compile_phases(job), compile_tests(tests))
 
@@ -779,7 +813,7 @@ class _Pipe:
 def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: int) -> None:
     """In the solution's process: run imports and the solution, announce its names, answer requests."""
     pipe = _Pipe(read_fd, write_fd)
-    namespace: dict = {"__name__": "solution", "__builtins__": builtins}
+    namespace = _solution_namespace()
     phases = prepared[0] if prepared is not None else compile_phases(job)
     load_error, memory = None, False
     for phase in ("imports", "solution"):
@@ -831,9 +865,10 @@ def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: in
                 after = [encode_value(a, handles) if type(a) in (list, dict, set) else None for a in args]
                 pipe.send({"v": encode_value(value, handles), "a": after})
                 continue
-            if kind == "eq":  # two solution objects: the same type, and equal in both directions
-                other = args[0]
-                value = type(target) is type(other) and (target == other) is True and (other == target) is True
+            if kind == "state":  # what the judge compares instead of asking the object's __eq__
+                value = _state(target, handles)
+            elif kind == "isinstance":
+                value = target in type.__dict__["__mro__"].__get__(type(args[0]))  # target: the class
             elif kind == "attr":
                 value = getattr(target, args[0])
             elif kind == "setattr":
@@ -851,6 +886,37 @@ def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: in
                 pipe.send({"x": [type(exc).__name__, describe(exc)]})
             except BaseException:  # noqa: BLE001
                 return
+
+
+def _state(obj: object, handles: dict) -> list:
+    """[class handle, how instances compare, what to compare] for a solution object, read without calling its
+    __eq__ or its __class__ (both could lie): "identity" when no class in its MRO below `object` defines
+    __eq__; "fields" for a dataclass with eq=True (its generated __eq__ compares the fields' tuple); the
+    instance __dict__ (plus __slots__ values) otherwise."""
+    kind = type(obj)
+    handles[id(kind)] = kind
+    mro = type.__dict__["__mro__"].__get__(kind)
+    own = [vars(cls) for cls in mro[:-1]]
+    if not any("__eq__" in namespace for namespace in own):
+        return [id(kind), "identity", None]
+    params = next((ns["__dataclass_params__"] for ns in own if "__dataclass_params__" in ns), None)
+    fields = next((ns["__dataclass_fields__"] for ns in own if "__dataclass_fields__" in ns), None)
+    if params is not None and fields is not None and getattr(params, "eq", False):
+        values = [object.__getattribute__(obj, f.name) for f in fields.values() if f._field_type is not None and f.compare]
+        return [id(kind), "fields", tuple(values)]
+    state: dict = {}
+    try:
+        state.update(dict.items(object.__getattribute__(obj, "__dict__")))
+    except (AttributeError, TypeError):
+        pass
+    for ns in own:
+        slots = ns.get("__slots__", ())
+        for name in [slots] if type(slots) is str else slots:
+            try:
+                state["." + name] = object.__getattribute__(obj, name)
+            except AttributeError:
+                pass
+    return [id(kind), "state", state]
 
 
 def _flush_streams() -> None:
@@ -905,10 +971,14 @@ class Remote:
         return self._ask("contains", item) is True
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is Remote and self._ask("eq", other) is True
+        return type(other) is Remote and _remote_equal(self, other)
 
     def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
+
+    def __instancecheck__(self, instance: object) -> bool:
+        """`isinstance(x, SolutionClass)`: decided on x's real type (no metaclass __instancecheck__)."""
+        return self._ask("isinstance", instance) is True
 
     def __hash__(self) -> int:
         return hash(object.__getattribute__(self, "_h"))
@@ -923,14 +993,44 @@ class Remote:
         return str(self._ask("repr"))
 
 
+def _remote_equal(left: Remote, right: Remote) -> bool:
+    """`==` between two objects of the solution's. Attack closed: the solution's process used to answer it
+    with the class's own __eq__ (both directions), so `assert grow(Box(3)) == Box(6)` passed for any Box whose
+    __eq__ said True. Now the judge compares what the objects are (see `_state`) with its own rules."""
+    if object.__getattribute__(left, "_h") == object.__getattribute__(right, "_h"):
+        return True  # the same object: equal, as CPython's containers and `==` on most objects assume
+    left_state, right_state = left._ask("state"), right._ask("state")
+    if type(left_state) is not list or type(right_state) is not list or len(left_state) != 3 != len(right_state):
+        raise SolutionGone("malformed state")
+    if left_state[0] != right_state[0]:
+        return False  # instances of different classes (real types, not what __class__ claims)
+    if left_state[1] == "identity":
+        return False
+    return left_state[1] == right_state[1] and strict_equal(left_state[2], right_state[2])
+
+
 def _resolve_in_judge(tag: str, payload: object) -> object:
     if tag == "handle":
         return Remote(int(payload[0]), str(payload[1]))
-    if tag == "builtin":
+    if tag == "builtin" and payload in _JUDGE_BUILTINS:
         return __builtins__[payload]
-    import importlib
+    if tag == "module" and payload in _JUDGE_MODULES:
+        import importlib
 
-    return importlib.import_module(str(payload))  # the judge's own copy of a standard-library module
+        return importlib.import_module(str(payload))  # the judge's own copy (sys.path: see _judge_imports_only_from_the_image)
+    raise ValueError(f"the judge does not take {tag} {_SHORT_REPR.repr(payload)} from the solution")
+
+
+def _judge_imports_only_from_the_image() -> None:
+    """Drop every sys.path entry the job can write to (the working directory: `python3 -c` puts "" first).
+    Attack closed: the solution wrote textwrap.py into the shared working directory, and the judge's next
+    `import textwrap` (a test's, or a module name crossing from the solution) ran it inside the judge."""
+    kept = []
+    for entry in sys.path:
+        if entry and os.path.isabs(entry) and not os.access(entry, os.W_OK):
+            kept.append(entry)
+    sys.path[:] = kept
+    sys.path_importer_cache.clear()
 
 
 def _request(message: list) -> object:
@@ -989,10 +1089,11 @@ def judge_job(job: dict, prepared: tuple | None, channel: ResultChannel, read_fd
     """In the judge's process: imports, the solution's names (as values or Remotes), setup, then each test;
     one record per test and the final record, as `run_job`."""
     real_stdout, real_stderr = sys.stdout, sys.stderr
+    _judge_imports_only_from_the_image()
     pipe = _Pipe(read_fd, write_fd)
     tests = job.get("tests", [])
     phases, compiled = prepared if prepared is not None else (compile_phases(job), compile_tests(tests))
-    namespace: dict = {"__name__": "solution", "__builtins__": builtins}
+    namespace = _solution_namespace()
     load_error, memory = None, False
     try:
         hello = pipe.receive()
