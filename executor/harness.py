@@ -1029,8 +1029,9 @@ def _judge_imports_only_from_the_image() -> None:
     for entry in sys.path:
         if entry and os.path.isabs(entry) and not os.access(entry, os.W_OK):
             kept.append(entry)
+        else:
+            sys.path_importer_cache.pop(entry, None)
     sys.path[:] = kept
-    sys.path_importer_cache.clear()
 
 
 def _request(message: list) -> object:
