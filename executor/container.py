@@ -74,6 +74,10 @@ class RunnerGone(Exception):
         self.sent = sent  # False: the job never reached the runner (safe to retry elsewhere)
 
 
+class ForgedReply(Exception):
+    """A line in the runner's stream that is not the runner's reply to the job just sent (a job wrote it)."""
+
+
 def owner_label() -> str:
     """`host:pid:start-time` of this process, so a later process can tell whether the owner still runs."""
     return f"{socket.gethostname()}:{os.getpid()}:{process_start_time(os.getpid())}"
@@ -273,7 +277,8 @@ class SandboxContainer:
 
     def run(self, job: dict, limits: dict, timeout_s: float) -> dict:
         """Send one job, wait for its verdict (host deadline: timeout + grace). Raises RunnerGone."""
-        message = (json.dumps({"job": job, "limits": limits}) + "\n").encode()
+        seq = self.jobs_done + 1  # echoed by the runner: a line left in the stream by an earlier job is caught
+        message = (json.dumps({"job": job, "limits": limits, "seq": seq}) + "\n").encode()
         self._drain_exec_stream()
         if self._peer_closed():  # e.g. the container was killed from outside while idle: retry elsewhere
             raise RunnerGone("the runner was gone before the job was sent" + self._diagnostics(), sent=False)
@@ -284,6 +289,8 @@ class SandboxContainer:
             raise RunnerGone(f"cannot send the job to the runner: {exc}", sent=False) from exc
         reply = self._read_line(time.monotonic() + timeout_s + self.cfg.host_grace_s)
         self.jobs_done += 1
+        if not isinstance(reply, dict) or reply.get("seq") != seq:
+            raise ForgedReply(f"the sandbox's answer is not the reply to job {seq} of this container")
         return reply
 
     def _is_our_runner(self, connection: socket.socket) -> bool:

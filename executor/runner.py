@@ -29,6 +29,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 
@@ -559,6 +560,7 @@ def main() -> None:
         reader, out_fd = channel.makefile("rb"), channel.fileno()
     else:  # exec transport: the exec's stdin/stdout
         reader, out_fd = sys.stdin.buffer, 1
+    _lock_stdio()
     _write_all(
         out_fd, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode()
     )
@@ -566,6 +568,7 @@ def main() -> None:
         line = reader.readline()
         if not line:
             return
+        message = {}
         try:
             message = json.loads(line)
             reply = run_one(message["job"], message["limits"], protected)
@@ -578,7 +581,21 @@ def main() -> None:
                 "stderr": f"[sandbox] runner failure: {type(exc).__name__}: {exc}\n",
                 "anomaly": "runner failure",
             }
+        reply["seq"] = message.get("seq") if isinstance(message, dict) else None
         _write_all(out_fd, (json.dumps(reply) + "\n").encode())
+
+
+def _lock_stdio() -> None:
+    """Mode 000 on the runner's stdio pipes. Under runc, PR_SET_DUMPABLE 0 already keeps a job from opening
+    /proc/<runner>/fd/1; gVisor (runsc) does not apply that check to /proc/<pid>/fd, but it does check the
+    pipe's mode on open, and a job cannot chmod a pipe it holds no descriptor for. The runner's own open
+    descriptors keep working (modes are checked at open). Sockets cannot be reopened through /proc at all."""
+    for fd in (0, 1, 2):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a pipe (a tty or /dev/null: EPERM, harmless)
+                os.fchmod(fd, 0)
+        except OSError:
+            pass
 
 
 def bootstrap_source() -> str:

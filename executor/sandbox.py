@@ -30,6 +30,7 @@ from executor.container import (
     CHANNEL_LABEL,
     CHANNEL_PREFIX,
     OWNER_LABEL,
+    ForgedReply,
     RunnerGone,
     SandboxContainer,
     daemon_is_local,
@@ -306,6 +307,12 @@ class Sandbox:
         payload, probes = runner_payload(job, timeout_s)
         try:
             reply = container.run(payload, self._limits(), timeout_s)
+            if len(reply.get("tests", [])) != len(job.tests):
+                raise ForgedReply(f"the sandbox's answer has {len(reply.get('tests', []))} test records for {len(job.tests)} tests")
+        except ForgedReply as exc:
+            why = f"{exc}: a job wrote into the runner's stream; verdict discarded, container replaced"
+            tests = [TestResult(passed=False, error="not judged (forged reply)") for _ in job.tests]
+            return self._result(job, "error", tests=tests, stderr=f"[sandbox] {why}\n"), False, True
         except RunnerGone as exc:
             if exc.sent is False:
                 return self._result(job, "sandbox_error", stderr=f"[sandbox] {exc}\n"), False, False

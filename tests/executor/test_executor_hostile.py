@@ -168,6 +168,34 @@ HOSTILE: dict[str, tuple[str, set[str]]] = {
         """,
         {"error"},
     ),
+    # Knows the protocol: finds the runner's current request in its own (forked) memory, so its fake reply
+    # carries the right sequence number and one record per test, then writes it into every reachable stdio.
+    "forge_through_proc_knowing_the_request": (
+        """
+        import gc, json, os
+        request = next(o for o in gc.get_objects() if type(o) is dict and 'seq' in o and 'job' in o)
+        count = len(request['job']['tests'])
+        verdict = json.dumps({"outcome": "passed", "tests": [{"passed": True, "error": None}] * count,
+                              "duration_ms": 1.0, "stdout": "", "stderr": "", "anomaly": None,
+                              "seq": request['seq']}) + "\\n"
+        for pid in os.listdir('/proc'):
+            if not pid.isdigit():
+                continue
+            for fd in ('0', '1', '2'):
+                path = f'/proc/{pid}/fd/{fd}'
+                try:
+                    os.chmod(path, 0o600)
+                except OSError:
+                    pass
+                try:
+                    with open(path, 'w') as handle:
+                        handle.write(verdict)
+                except OSError:
+                    pass
+        os._exit(0)
+        """,
+        {"error"},
+    ),
     "forge_result_channel": (
         """
         import os
