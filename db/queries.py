@@ -180,6 +180,7 @@ EXECUTION_COLUMNS = (
     "stdout",
     "stderr",
     "image_digest",
+    "runtime",
 )
 
 
@@ -584,6 +585,7 @@ def _execution_values(solution_id: int, res: Result, n_tests: int) -> tuple:
         _truncate(res.stdout),
         _truncate(res.stderr),
         res.image_digest,
+        res.runtime,
     )
 
 

@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="wall-clock seconds per job (default 10)")
     run.add_argument("--memory-mb", type=int, help="memory per job in MB (default 512)")
     run.add_argument("--image", help="sandbox image (default selfinstruct-sandbox:latest)")
+    run.add_argument(
+        "--runtime", choices=("runc", "runsc"), help="container runtime (default runc; runsc = gVisor, see setup.sh)"
+    )
     run.add_argument("--resume", action="store_true", help="skip jobs whose id already has a line in --output")
 
     clean = sub.add_parser("clean", help="remove every sandbox container (labeled selfinstruct.sandbox)")
@@ -120,6 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.jobs.is_file():
         raise UserError(f"jobs file not found: {args.jobs}")
     overrides = {"workers": args.workers, "timeout_s": args.timeout, "memory_mb": args.memory_mb, "image": args.image}
+    overrides["runtime"] = args.runtime
     try:
         cfg = SandboxConfig(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

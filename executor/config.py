@@ -52,6 +52,12 @@ class SandboxConfig(BaseModel):
         "socket when the daemon is local, exec otherwise",
     )
 
+    runtime: Literal["runc", "runsc"] = Field(
+        default="runc",
+        description="the container runtime: runc (namespaces and cgroups on the host kernel) or runsc "
+        "(gVisor: a user-space kernel between the job and the host's; registered by scripts/setup.sh)",
+    )
+
     @property
     def image_name(self) -> str:
         return self.image or DEFAULT_IMAGE

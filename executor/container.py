@@ -47,6 +47,7 @@ RUNNER_ENV = {
 START_TIMEOUT_S = 30.0
 CHANNEL_MOUNT = "/run/selfinstruct"  # where the host's channel directory appears in the container (read-only)
 CHANNEL_SOCKET = "runner.sock"
+RUNSC_PIDS_HEADROOM = 512  # host threads of gVisor's sentry and its ptrace stubs, counted in the container's pids cgroup
 LOCAL_DAEMON_URLS = ("http+docker://localhost", "http+docker://localunixsocket")
 
 
@@ -71,6 +72,10 @@ class RunnerGone(Exception):
         super().__init__(message)
         self.deadline = deadline
         self.sent = sent  # False: the job never reached the runner (safe to retry elsewhere)
+
+
+class ForgedReply(Exception):
+    """A line in the runner's stream that is not the runner's reply to the job just sent (a job wrote it)."""
 
 
 def owner_label() -> str:
@@ -103,6 +108,7 @@ def container_options(cfg: SandboxConfig) -> dict:
     scratch = f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"
     return {
         "command": ["sleep", "infinity"],
+        "runtime": cfg.runtime,
         # Init and the idle main process run as uid 0 with an empty capability set: the job's user cannot
         # signal them, so no job can stop the container under the next job. The runner and every job
         # run as SANDBOX_UID (see the exec below); no-new-privileges stops any way back to uid 0.
@@ -115,7 +121,9 @@ def container_options(cfg: SandboxConfig) -> dict:
         "mem_limit": f"{memory_mb}m",
         "memswap_limit": f"{memory_mb}m",
         "mem_swappiness": 0,
-        "pids_limit": cfg.pids_limit,
+        # Under runsc the host cgroup holds gVisor's own kernel (the sentry's threads, the ptrace stubs), so it
+        # gets room for those; the job's processes are still bounded by RLIMIT_NPROC set in the runner's fork.
+        "pids_limit": cfg.pids_limit if cfg.runtime == "runc" else cfg.pids_limit + RUNSC_PIDS_HEADROOM,
         "nano_cpus": int(cfg.cpus * 1e9),
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -269,7 +277,8 @@ class SandboxContainer:
 
     def run(self, job: dict, limits: dict, timeout_s: float) -> dict:
         """Send one job, wait for its verdict (host deadline: timeout + grace). Raises RunnerGone."""
-        message = (json.dumps({"job": job, "limits": limits}) + "\n").encode()
+        seq = self.jobs_done + 1  # echoed by the runner: a line left in the stream by an earlier job is caught
+        message = (json.dumps({"job": job, "limits": limits, "seq": seq}) + "\n").encode()
         self._drain_exec_stream()
         if self._peer_closed():  # e.g. the container was killed from outside while idle: retry elsewhere
             raise RunnerGone("the runner was gone before the job was sent" + self._diagnostics(), sent=False)
@@ -280,6 +289,8 @@ class SandboxContainer:
             raise RunnerGone(f"cannot send the job to the runner: {exc}", sent=False) from exc
         reply = self._read_line(time.monotonic() + timeout_s + self.cfg.host_grace_s)
         self.jobs_done += 1
+        if not isinstance(reply, dict) or reply.get("seq") != seq:
+            raise ForgedReply(f"the sandbox's answer is not the reply to job {seq} of this container")
         return reply
 
     def _is_our_runner(self, connection: socket.socket) -> bool:

@@ -72,7 +72,8 @@ _TRUSTED_LEAVES = frozenset(
     }
 )
 _TRUSTED_SEQUENCES = frozenset({list, tuple, set, frozenset, collections.deque})
-_TRUSTED_MAPPINGS = frozenset({dict, collections.OrderedDict, collections.defaultdict})
+_TRUSTED_MAPPINGS = frozenset({dict, collections.OrderedDict, collections.defaultdict, collections.Counter})
+_JUDGE_TUPLES: set = set()  # namedtuple classes the judge rebuilt from a solution's namedtuples (trusted there)
 
 
 _SHORT_REPR = reprlib.Repr()
@@ -103,7 +104,7 @@ def is_trusted(value: object) -> bool:
         kind = type(item)
         if kind in _TRUSTED_LEAVES:
             continue
-        if kind in _TRUSTED_SEQUENCES or kind in _TRUSTED_MAPPINGS:
+        if kind in _TRUSTED_SEQUENCES or kind in _TRUSTED_MAPPINGS or kind in _JUDGE_TUPLES:
             if id(item) in seen:
                 continue
             seen.add(id(item))
@@ -157,6 +158,8 @@ def compare(op: str, left: object, right: object) -> bool:
         return bool(_ORDERING[op](left, right))  # built-in operators on built-in data: no user code runs
     if op == "Eq":
         return strict_equal(left, right)
+    if op == "NotEq":
+        return not strict_equal(left, right)
     raise UntrustedComparison(
         f"cannot decide `{_SYMBOL[op]}` between {_type_name(left)} and {_type_name(right)}: "
         "the result would be chosen by the object itself"
@@ -184,6 +187,8 @@ def strict_equal(left: object, right: object) -> bool:
         )
     if kind in (set, frozenset):
         raise UntrustedComparison(f"cannot compare {_type_name(left)}s of untrusted objects")
+    if kind is Remote:  # two objects of the solution's (judge side): compared by what they are, see _remote_equal
+        return _remote_equal(left, right)
     # Same user-defined type on both sides: its __eq__ must agree in both directions and return a real bool.
     return (left == right) is True and (right == left) is True
 
@@ -200,6 +205,8 @@ def compare_chain(ops: tuple[str, ...], *operands: object) -> bool:
 
 def _mismatch_text(op: str, left: object, right: object) -> str:
     def show(value: object) -> str:
+        if type(value) is Remote:
+            return f"<{object.__getattribute__(value, '_t')} object>"
         return _SHORT_REPR.repr(value) if is_trusted(value) else f"<{_type_name(value)} object>"
 
     return f"{show(left)} {_SYMBOL[op]} {show(right)} is false"
@@ -222,20 +229,71 @@ def truth(value: object) -> bool:
 
 _EXACT_INT = 1 << 53
 _TAGGED_SEQUENCES = {list: "list", tuple: "tuple", set: "set", frozenset: "frozenset", collections.deque: "deque"}
-_TAGGED_MAPPINGS = {dict: "dict", collections.OrderedDict: "odict", collections.defaultdict: "ddict"}
+_TAGGED_MAPPINGS = {
+    dict: "dict",
+    collections.OrderedDict: "odict",
+    collections.defaultdict: "ddict",
+    collections.Counter: "counter",
+}
+# What a subclass may override and still be encoded as its built-in base: nothing that decides comparison,
+# hashing, truth, length, iteration, membership, item access or conversion.
+_BEHAVIOUR = frozenset(
+    "__eq__ __ne__ __lt__ __le__ __gt__ __ge__ __hash__ __bool__ __len__ __iter__ __contains__ __getitem__ "
+    "__index__ __int__ __float__ __str__ __bytes__ __complex__ __reversed__ keys items values get __missing__".split()
+)
+_SAFE_BASES = (
+    collections.Counter, collections.OrderedDict, collections.defaultdict, collections.deque,
+    dict, list, tuple, set, frozenset, str, bytes, int, float, complex,
+)
 
 
-def encode_value(value: object) -> object:
-    """A trusted value as JSON-ready data; raises UntrustedComparison for anything else."""
+def _as_base(value: object) -> object:
+    """A subclass instance as its built-in (or collections) base when the subclass changes none of the
+    behaviour comparisons use (`class D(dict): pass`, a namedtuple, ...); _MISSING_BASE otherwise.
+    Namedtuples come back as ("ntuple", ...) so the other side can rebuild one with the same fields."""
+    kind = type(value)
+    for cls in kind.__mro__:
+        if cls in _SAFE_BASES:
+            base = cls
+            break
+        if any(name in _BEHAVIOUR for name in vars(cls)):
+            return _MISSING_BASE
+    else:
+        return _MISSING_BASE
+    if base is tuple and type(getattr(kind, "_fields", None)) is tuple:
+        return ("ntuple", kind.__name__, kind._fields, tuple.__getitem__(value, slice(None)))
+    if base in (dict, collections.OrderedDict, collections.defaultdict, collections.Counter):
+        if base is not collections.Counter:
+            return base(dict.items(value)) if base is not collections.defaultdict else collections.defaultdict(None, dict.items(value))
+        counter = collections.Counter()
+        dict.update(counter, dict.items(value))  # dict's own update: Counter's would count the pairs
+        return counter
+    if base in (list, tuple, set, frozenset, collections.deque):
+        return base(base.__iter__(value))
+    if base is str:
+        return str.__getitem__(value, slice(None))
+    if base is bytes:
+        return bytes.__getitem__(value, slice(None))
+    return {int: int.__int__, float: float.__float__, complex: complex.__complex__}[base](value)
+
+
+_MISSING_BASE = object()
+
+
+def encode_value(value: object, handles: dict | None = None) -> object:
+    """A trusted value as JSON-ready data. Subclasses that change no comparison behaviour travel as their
+    base (`_as_base`). Anything else raises UntrustedComparison, or with `handles` (the solution's process
+    answering the judge) is kept there and sent as ["handle", [id, type name]]."""
     kind = type(value)
     if value is None or kind is bool or kind is str or kind is float:
         return value
     if kind is int:
         return value if -_EXACT_INT < value < _EXACT_INT else ["int", hex(value)]
     if kind in _TAGGED_SEQUENCES:
-        return [_TAGGED_SEQUENCES[kind], [encode_value(item) for item in value]]
+        return [_TAGGED_SEQUENCES[kind], [encode_value(item, handles) for item in value]]
     if kind in _TAGGED_MAPPINGS:
-        return [_TAGGED_MAPPINGS[kind], [[encode_value(k), encode_value(v)] for k, v in dict.items(value)]]
+        pairs = [[encode_value(k, handles), encode_value(v, handles)] for k, v in dict.items(value)]
+        return [_TAGGED_MAPPINGS[kind], pairs]
     if kind is bytes:
         return ["bytes", value.hex()]
     if kind is complex:
@@ -252,15 +310,53 @@ def encode_value(value: object) -> object:
         return ["timedelta", [value.days, value.seconds, value.microseconds]]
     if kind is datetime.timezone:
         return ["timezone", [encode_value(value.utcoffset(None)), value.tzname(None)]]
+    if kind in _JUDGE_TUPLES:
+        return ["ntuple", [kind.__name__, list(kind._fields), [encode_value(v, handles) for v in value]]]
+    if kind is Remote and handles is not None:
+        return ["handle", [object.__getattribute__(value, "_h"), object.__getattribute__(value, "_t")]]
+    if (
+        handles is not None
+        and kind is _BUILTIN_FUNCTION
+        and value.__name__ in _JUDGE_BUILTINS
+        and getattr(builtins, value.__name__, None) is value
+    ):
+        return ["builtin", value.__name__]
+    base = _as_base(value)
+    if base is not _MISSING_BASE:
+        if type(base) is tuple and base and base[0] == "ntuple":
+            return ["ntuple", [base[1], list(base[2]), [encode_value(v, handles) for v in base[3]]]]
+        return encode_value(base, handles)
+    if handles is not None:
+        if kind is _MODULE and value.__name__ in _JUDGE_MODULES:
+            return ["module", value.__name__]
+        handles[id(value)] = value
+        return ["handle", [id(value), _type_name(value)]]
     raise UntrustedComparison(f"the test's value has type {_type_name(value)}, which the harness cannot check")
+
+
+_BUILTIN_FUNCTION = type(len)
+_MODULE = type(sys)
+# What may cross from the solution's process as the judge's OWN object rather than as a handle: builtins and
+# standard-library modules that cannot run code made of data. The judge enforces these lists too (the
+# solution's process can send anything). Attack closed: `decode = exec` (or a module such as pickle or
+# builtins) handed to the judge, then a test `decode(encode(s))` ran the solution's string in the judge.
+_JUDGE_BUILTINS = frozenset(
+    "abs all any ascii bin callable chr divmod format hash hex isinstance issubclass iter len max min next oct "
+    "ord pow repr round sorted sum".split()
+)
+_JUDGE_MODULES = frozenset(
+    "math cmath string re itertools functools collections heapq bisect random statistics fractions decimal "
+    "datetime json copy operator array hashlib textwrap unicodedata time numbers".split()
+)
 
 
 _DECODE_SEQUENCES = {tag: kind for kind, tag in _TAGGED_SEQUENCES.items()}
 _DECODE_MAPPINGS = {tag: kind for kind, tag in _TAGGED_MAPPINGS.items()}
 
 
-def decode_value(data: object) -> object:
-    """The inverse of `encode_value`, for values that crossed the boundary. Raises ValueError if malformed."""
+def decode_value(data: object, resolve: object = None) -> object:
+    """The inverse of `encode_value`, for values that crossed the boundary. Raises ValueError if malformed.
+    `resolve(tag, payload)` decodes the tags only the judge/solution channel carries (handles, modules)."""
     if data is None or type(data) in (bool, str, float):
         return data
     if type(data) is int:
@@ -270,10 +366,19 @@ def decode_value(data: object) -> object:
     tag, payload = data
     try:
         if tag in _DECODE_SEQUENCES:
-            return _DECODE_SEQUENCES[tag](decode_value(item) for item in payload)
+            return _DECODE_SEQUENCES[tag](decode_value(item, resolve) for item in payload)
         if tag in _DECODE_MAPPINGS:
-            pairs = [(decode_value(k), decode_value(v)) for k, v in payload]
-            return collections.defaultdict(None, pairs) if tag == "ddict" else _DECODE_MAPPINGS[tag](pairs)
+            pairs = [(decode_value(k, resolve), decode_value(v, resolve)) for k, v in payload]
+            if tag != "counter":
+                return collections.defaultdict(None, pairs) if tag == "ddict" else _DECODE_MAPPINGS[tag](pairs)
+            counter = collections.Counter()
+            dict.update(counter, pairs)  # dict's own update: Counter's would count the pairs
+            return counter
+        if tag == "ntuple":
+            name, fields, items = payload
+            return _namedtuple(str(name), tuple(fields))(*(decode_value(v, resolve) for v in items))
+        if tag in ("handle", "module", "builtin") and resolve is not None:
+            return resolve(tag, payload)
         if tag == "int":
             return int(payload, 16)
         if tag == "bytes":
@@ -295,6 +400,21 @@ def decode_value(data: object) -> object:
     except (TypeError, ValueError, OverflowError, decimal.InvalidOperation) as exc:
         raise ValueError(f"malformed {tag} value: {exc}") from exc
     raise ValueError(f"unknown value tag {tag!r}")
+
+
+_NAMEDTUPLES: dict = {}
+
+
+def _namedtuple(name: str, fields: tuple) -> type:
+    """A namedtuple class rebuilt on this side (cached; trusted: tuple behaviour, built here)."""
+    key = (name, fields)
+    if key not in _NAMEDTUPLES:
+        if len(_NAMEDTUPLES) > 256:
+            raise ValueError("too many namedtuple types")
+        kind = collections.namedtuple(name if name.isidentifier() else "namedtuple", fields, rename=True)
+        _NAMEDTUPLES[key] = kind
+        _JUDGE_TUPLES.add(kind)
+    return _NAMEDTUPLES[key]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,7 +534,7 @@ def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
     """
     tree = ast.parse(source, filename, "exec")
     if not _has_assert(tree) or _has_star_import(tree):
-        return compile(tree, filename, "exec"), False
+        return compile(tree, filename, "exec", dont_inherit=True), False
     tree = _AssertRewriter().visit(tree)
     bound = _BoundNames()
     for stmt in tree.body:
@@ -433,7 +553,7 @@ def compile_test(source: str, filename: str = "<test>") -> tuple[object, bool]:
         function.type_params = []
     module = ast.Module(body=[function], type_ignores=[])
     ast.fix_missing_locations(module)
-    return compile(module, filename, "exec"), True
+    return compile(module, filename, "exec", dont_inherit=True), True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,7 +622,7 @@ def compile_probe(expression: str, filename: str = "<probe>") -> object:
         function.type_params = []
     module = ast.Module(body=[function], type_ignores=[])
     ast.fix_missing_locations(module)
-    return compile(module, filename, "exec")
+    return compile(module, filename, "exec", dont_inherit=True)
 
 
 def _cache_key(test: str | dict) -> str:
@@ -540,11 +660,22 @@ def compile_phases(job: dict) -> dict[str, object]:
         source = job.get(phase) or ""
         if source:
             try:
-                phases[phase] = compile(source, f"<{phase}>", "exec")
+                # dont_inherit: this module's `from __future__ import annotations` must not turn the solution's
+                # annotations into strings (a false negative found by the suite: @dataclass then failed).
+                phases[phase] = compile(source, f"<{phase}>", "exec", dont_inherit=True)
             except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
                 phases[phase] = f"{phase}: {describe(exc)}"
                 break
     return phases
+
+
+def _solution_namespace() -> dict:
+    """The globals solution, setup and tests run in: a module registered as `solution` in sys.modules, as
+    plain CPython's `__main__` is (dataclasses, pickle and typing look a class's module up there)."""
+    module = type(sys)("solution")
+    module.__builtins__ = builtins
+    sys.modules["solution"] = module
+    return module.__dict__
 
 
 def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) -> None:
@@ -556,7 +687,7 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
     atexit handlers and finalizers the solution left behind cannot run after the verdict.
     """
     real_stdout, real_stderr = sys.stdout, sys.stderr
-    namespace: dict = {"__name__": "solution", "__builtins__": builtins}
+    namespace = _solution_namespace()
     tests = job.get("tests", [])
     phases, compiled = prepared if prepared is not None else (compile_phases(job), compile_tests(tests))
 
@@ -577,46 +708,424 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
             break
 
     if load_error is None:
-        for index, entry in enumerate(compiled):
-            if isinstance(entry, str):
-                channel.send({"i": index, "ok": False, "e": entry})
-                continue
-            code, mode = entry
-            _last_mismatch.clear()
-            # Each test sees pristine builtins: whatever the solution patched (`builtins.abs = ...`) is not what
-            # `abs(f(x) - y) < 1e-9` calls. The solution's own functions keep the builtins they were defined with.
-            namespace["__builtins__"] = dict(__builtins__)
-            try:
-                exec(code, namespace)  # noqa: S102
-                if mode == "plain":
-                    channel.passed(index)
-                    continue
-                test_function = namespace.pop(TEST_FUNCTION)
-                value = test_function(compare_chain, truth)
-                if mode == "wrapped":
-                    channel.passed(index)
-                    continue
-                try:  # a probe: the value goes to the host, which alone knows what it should be
-                    encoded = _json_dumps(encode_value(value), ensure_ascii=True)
-                except (UntrustedComparison, RecursionError, ValueError) as exc:
-                    channel.send({"i": index, "ok": False, "e": describe(exc)})
-                    continue
-                if len(encoded) > MAX_VALUE_CHARS:
-                    channel.send(
-                        {"i": index, "ok": False, "e": f"ValueError: value too large to check ({len(encoded)} chars)"}
-                    )
-                    continue
-                channel.value(index, encoded)
-            except BaseException as exc:  # noqa: BLE001
-                memory = memory or _is_memory_error(exc)
-                error = describe(exc)
-                if error == "AssertionError" and _last_mismatch:
-                    error = f"AssertionError: {_last_mismatch[0]}"[:MAX_ERROR_CHARS]
-                channel.send({"i": index, "ok": False, "e": error})
+        memory = _run_tests(namespace, compiled, channel) or memory
 
     for stream in (real_stdout, real_stderr):
         try:
             stream.flush()
         except BaseException:  # noqa: BLE001, S110 - a broken stream must not cost the verdict
+            pass
+    channel.send({"done": len(tests), "load": load_error, "mem": memory})
+
+
+def _run_tests(namespace: dict, compiled: list, channel: ResultChannel) -> bool:
+    """Run each compiled test in `namespace`, one record each. Returns whether one ran out of memory."""
+    memory = False
+    for index, entry in enumerate(compiled):
+        if isinstance(entry, str):
+            channel.send({"i": index, "ok": False, "e": entry})
+            continue
+        code, mode = entry
+        _last_mismatch.clear()
+        # Each test sees pristine builtins: whatever the solution patched (`builtins.abs = ...`) is not what
+        # `abs(f(x) - y) < 1e-9` calls. The solution's own functions keep the builtins they were defined with.
+        namespace["__builtins__"] = dict(__builtins__)
+        try:
+            exec(code, namespace)  # noqa: S102
+            if mode == "plain":
+                channel.passed(index)
+                continue
+            test_function = namespace.pop(TEST_FUNCTION)
+            value = test_function(compare_chain, truth)
+            if mode == "wrapped":
+                channel.passed(index)
+                continue
+            try:  # a probe: the value goes to the host, which alone knows what it should be
+                encoded = _json_dumps(encode_value(value), ensure_ascii=True)
+            except (UntrustedComparison, RecursionError, ValueError) as exc:
+                channel.send({"i": index, "ok": False, "e": describe(exc)})
+                continue
+            if len(encoded) > MAX_VALUE_CHARS:
+                channel.send(
+                    {"i": index, "ok": False, "e": f"ValueError: value too large to check ({len(encoded)} chars)"}
+                )
+                continue
+            channel.value(index, encoded)
+        except BaseException as exc:  # noqa: BLE001
+            memory = memory or _is_memory_error(exc)
+            error = describe(exc)
+            if error == "AssertionError" and _last_mismatch:
+                error = f"AssertionError: {_last_mismatch[0]}"[:MAX_ERROR_CHARS]
+            channel.send({"i": index, "ok": False, "e": error})
+    return memory
+
+
+# --------------------------------------------------------------------------------------------------
+# Two processes: the solution's process answers, the judge's process runs the tests
+# --------------------------------------------------------------------------------------------------
+# Used for every job with a test that is not a probe. The solution runs alone in its process (forked by the
+# runner), the tests run in the judge's process (forked separately, never runs solution code); every use of
+# a name the solution defined is a request over a pipe, and only encoded values (or opaque handles to
+# objects that stay in the solution's process) come back. The judge is non-dumpable like the runner, and
+# only it holds the result pipe, so nothing the solution does in its own process reaches the verdict.
+
+MAX_MESSAGE_BYTES = 32 << 20
+_EXCEPTIONS = {
+    name: value
+    for name, value in vars(builtins).items()
+    if isinstance(value, type) and issubclass(value, Exception) and not issubclass(value, Warning)
+}
+
+
+class SolutionGone(BaseException):
+    """The solution's process stopped answering (it exited, crashed or broke the protocol): the job errs."""
+
+
+class RemoteError(Exception):
+    """An exception raised in the solution's process whose type is not a built-in one (the name is kept)."""
+
+
+class _Pipe:
+    """Newline-delimited JSON messages over a pair of pipe descriptors."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.buffer = b""
+
+    def send(self, message: object) -> None:
+        data = (_json_dumps(message, ensure_ascii=True, allow_nan=True) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[_os_write(self.write_fd, view) :]
+
+    def receive(self) -> object:
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > MAX_MESSAGE_BYTES:
+                raise SolutionGone("message too large")
+            chunk = os.read(self.read_fd, 1 << 16)
+            if not chunk:
+                raise SolutionGone("the solution's process ended")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return json.loads(line)
+
+
+def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: int) -> None:
+    """In the solution's process: run imports and the solution, announce its names, answer requests."""
+    pipe = _Pipe(read_fd, write_fd)
+    namespace = _solution_namespace()
+    phases = prepared[0] if prepared is not None else compile_phases(job)
+    load_error, memory = None, False
+    for phase in ("imports", "solution"):
+        code = phases.get(phase)
+        if isinstance(code, str):
+            load_error = code
+            break
+        if code is not None:
+            try:
+                exec(code, namespace)  # noqa: S102 - running untrusted code is this sandbox's purpose
+            except BaseException as exc:  # noqa: BLE001
+                load_error, memory = f"{phase}: {describe(exc)}", _is_memory_error(exc)
+                break
+    handles: dict = {}
+    names = {}
+    if load_error is None:
+        for name, value in list(namespace.items()):
+            if not name.startswith("__"):
+                try:
+                    names[name] = encode_value(value, handles)
+                except (RecursionError, ValueError):
+                    handles[id(value)] = value
+                    names[name] = ["handle", [id(value), _type_name(value)]]
+    _flush_streams()  # the runner kills this process once the judge is done: what it printed must be out
+    pipe.send({"load": load_error, "mem": memory, "names": names})
+    if load_error is not None:
+        return
+    handles[id(namespace)] = namespace
+
+    def resolve(tag: str, payload: object) -> object:
+        if tag == "handle":
+            return handles[payload[0]]
+        if tag == "builtin":
+            return getattr(builtins, payload)
+        return __import__(payload)
+
+    while True:
+        _flush_streams()
+        try:
+            request = pipe.receive()
+        except SolutionGone:
+            return
+        try:
+            kind, target = request[0], handles[request[1]]
+            args = [decode_value(arg, resolve) for arg in request[2]]
+            if kind == "call":
+                kwargs = {k: decode_value(v, resolve) for k, v in request[3].items()}
+                value = target(*args, **kwargs)
+                after = [encode_value(a, handles) if type(a) in (list, dict, set) else None for a in args]
+                pipe.send({"v": encode_value(value, handles), "a": after})
+                continue
+            if kind == "state":  # what the judge compares instead of asking the object's __eq__
+                value = _state(target, handles)
+            elif kind == "isinstance":
+                value = target in type.__dict__["__mro__"].__get__(type(args[0]))  # target: the class
+            elif kind == "attr":
+                value = getattr(target, args[0])
+            elif kind == "setattr":
+                setattr(target, args[0], args[1])
+                value = None
+            else:
+                method = {"iter": iter, "next": next, "len": len, "str": str, "repr": repr, "bool": bool}.get(kind)
+                if method is not None:
+                    value = method(target)
+                else:
+                    value = {"getitem": lambda t, k: t[k], "contains": lambda t, k: k in t}[kind](target, *args)
+            pipe.send({"v": encode_value(value, handles)})
+        except BaseException as exc:  # noqa: BLE001 - the solution's exception, reported as a value
+            try:
+                pipe.send({"x": [type(exc).__name__, describe(exc)]})
+            except BaseException:  # noqa: BLE001
+                return
+
+
+def _state(obj: object, handles: dict) -> list:
+    """[class handle, how instances compare, what to compare] for a solution object, read without calling its
+    __eq__ or its __class__ (both could lie): "identity" when no class in its MRO below `object` defines
+    __eq__; "fields" for a dataclass with eq=True (its generated __eq__ compares the fields' tuple); the
+    instance __dict__ (plus __slots__ values) otherwise."""
+    kind = type(obj)
+    handles[id(kind)] = kind
+    mro = type.__dict__["__mro__"].__get__(kind)
+    own = [vars(cls) for cls in mro[:-1]]
+    if not any("__eq__" in namespace for namespace in own):
+        return [id(kind), "identity", None]
+    params = next((ns["__dataclass_params__"] for ns in own if "__dataclass_params__" in ns), None)
+    fields = next((ns["__dataclass_fields__"] for ns in own if "__dataclass_fields__" in ns), None)
+    if params is not None and fields is not None and getattr(params, "eq", False):
+        values = [object.__getattribute__(obj, f.name) for f in fields.values() if f._field_type is not None and f.compare]
+        return [id(kind), "fields", tuple(values)]
+    state: dict = {}
+    try:
+        state.update(dict.items(object.__getattribute__(obj, "__dict__")))
+    except (AttributeError, TypeError):
+        pass
+    for ns in own:
+        slots = ns.get("__slots__", ())
+        for name in [slots] if type(slots) is str else slots:
+            try:
+                state["." + name] = object.__getattribute__(obj, name)
+            except AttributeError:
+                pass
+    return [id(kind), "state", state]
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001, S110 - a broken stream must not cost the answer
+            pass
+
+
+_CHANNEL: list = []  # the judge's pipe to the solution's process
+
+
+class Remote:
+    """In the judge: an object that stays in the solution's process. Every use is a request; it never
+    decides a comparison of the judge's (it is not a trusted type: see `compare`)."""
+
+    __slots__ = ("_h", "_t")
+
+    def __init__(self, handle: int, type_name: str) -> None:
+        object.__setattr__(self, "_h", handle)
+        object.__setattr__(self, "_t", type_name)
+
+    def _ask(self, kind: str, *args: object) -> object:
+        return _request([kind, object.__getattribute__(self, "_h"), [encode_value(a, {}) for a in args]])
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return _call(self, args, kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return self._ask("attr", name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        self._ask("setattr", name, value)
+
+    def __iter__(self) -> Remote:
+        return self._ask("iter")
+
+    def __next__(self) -> object:
+        return self._ask("next")
+
+    def __len__(self) -> int:
+        value = self._ask("len")
+        if type(value) is not int:
+            raise TypeError("len() of a solution object did not return an int")
+        return value
+
+    def __getitem__(self, key: object) -> object:
+        return self._ask("getitem", key)
+
+    def __contains__(self, item: object) -> bool:
+        return self._ask("contains", item) is True
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Remote and _remote_equal(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __instancecheck__(self, instance: object) -> bool:
+        """`isinstance(x, SolutionClass)`: decided on x's real type (no metaclass __instancecheck__)."""
+        return self._ask("isinstance", instance) is True
+
+    def __hash__(self) -> int:
+        return hash(object.__getattribute__(self, "_h"))
+
+    def __bool__(self) -> bool:
+        return self._ask("bool") is True
+
+    def __str__(self) -> str:
+        return str(self._ask("str"))
+
+    def __repr__(self) -> str:
+        return str(self._ask("repr"))
+
+
+def _remote_equal(left: Remote, right: Remote) -> bool:
+    """`==` between two objects of the solution's. Attack closed: the solution's process used to answer it
+    with the class's own __eq__ (both directions), so `assert grow(Box(3)) == Box(6)` passed for any Box whose
+    __eq__ said True. Now the judge compares what the objects are (see `_state`) with its own rules."""
+    if object.__getattribute__(left, "_h") == object.__getattribute__(right, "_h"):
+        return True  # the same object: equal, as CPython's containers and `==` on most objects assume
+    left_state, right_state = left._ask("state"), right._ask("state")
+    if type(left_state) is not list or type(right_state) is not list or len(left_state) != 3 != len(right_state):
+        raise SolutionGone("malformed state")
+    if left_state[0] != right_state[0]:
+        return False  # instances of different classes (real types, not what __class__ claims)
+    if left_state[1] == "identity":
+        return False
+    return left_state[1] == right_state[1] and strict_equal(left_state[2], right_state[2])
+
+
+def _resolve_in_judge(tag: str, payload: object) -> object:
+    if tag == "handle":
+        return Remote(int(payload[0]), str(payload[1]))
+    if tag == "builtin" and payload in _JUDGE_BUILTINS:
+        return __builtins__[payload]
+    if tag == "module" and payload in _JUDGE_MODULES:
+        import importlib
+
+        return importlib.import_module(str(payload))  # the judge's own copy (sys.path: see _judge_imports_only_from_the_image)
+    raise ValueError(f"the judge does not take {tag} {_SHORT_REPR.repr(payload)} from the solution")
+
+
+def _judge_imports_only_from_the_image() -> None:
+    """Drop every sys.path entry the job can write to (the working directory: `python3 -c` puts "" first).
+    Attack closed: the solution wrote textwrap.py into the shared working directory, and the judge's next
+    `import textwrap` (a test's, or a module name crossing from the solution) ran it inside the judge."""
+    kept = []
+    for entry in sys.path:
+        if entry and os.path.isabs(entry) and not os.access(entry, os.W_OK):
+            kept.append(entry)
+        else:
+            sys.path_importer_cache.pop(entry, None)
+    sys.path[:] = kept
+
+
+def _request(message: list) -> object:
+    if not _CHANNEL:
+        raise SolutionGone("no solution process")
+    pipe = _CHANNEL[0]
+    try:
+        pipe.send(message)
+        reply = pipe.receive()
+    except (OSError, ValueError) as exc:
+        _CHANNEL.clear()
+        raise SolutionGone(f"the solution's process broke the protocol: {exc}") from exc
+    except SolutionGone:
+        _CHANNEL.clear()
+        raise
+    if type(reply) is not dict:
+        _CHANNEL.clear()
+        raise SolutionGone("malformed reply")
+    if "x" in reply:
+        name, text = str(reply["x"][0]), str(reply["x"][1])
+        if name == "StopIteration":
+            raise StopIteration
+        message = text.partition(": ")[2] if text.startswith(name) else text
+        raise _EXCEPTIONS.get(name, RemoteError)(message if name in _EXCEPTIONS else text)
+    try:
+        value = decode_value(reply.get("v"), _resolve_in_judge)
+    except (ValueError, TypeError, KeyError, IndexError, RecursionError) as exc:
+        raise SolutionGone(f"malformed value: {exc}") from exc
+    if "a" in reply:
+        return value, reply["a"]
+    return value
+
+
+def _call(target: Remote, args: tuple, kwargs: dict) -> object:
+    """Call a solution's function; list/dict/set arguments it mutated are updated in place here too."""
+    message = [
+        "call",
+        object.__getattribute__(target, "_h"),
+        [encode_value(a, {}) for a in args],
+        {str(k): encode_value(v, {}) for k, v in kwargs.items()},
+    ]
+    value, after = _request(message)
+    for arg, state in zip(args, after if type(after) is list else []):
+        if state is None or type(arg) not in (list, dict, set):
+            continue
+        new = decode_value(state, _resolve_in_judge)
+        if type(arg) is list and type(new) is list:
+            arg[:] = new
+        elif type(arg) is type(new):
+            arg.clear()
+            arg.update(new)
+    return value
+
+
+def judge_job(job: dict, prepared: tuple | None, channel: ResultChannel, read_fd: int, write_fd: int) -> None:
+    """In the judge's process: imports, the solution's names (as values or Remotes), setup, then each test;
+    one record per test and the final record, as `run_job`."""
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+    _judge_imports_only_from_the_image()
+    pipe = _Pipe(read_fd, write_fd)
+    tests = job.get("tests", [])
+    phases, compiled = prepared if prepared is not None else (compile_phases(job), compile_tests(tests))
+    namespace = _solution_namespace()
+    load_error, memory = None, False
+    try:
+        hello = pipe.receive()
+        load_error, memory = hello.get("load"), hello.get("mem") is True
+        names = hello.get("names") or {}
+    except (SolutionGone, OSError, ValueError, AttributeError) as exc:
+        load_error, names = f"solution: the solution's process ended before the tests ({describe(exc)})", {}
+    if load_error is None:
+        _CHANNEL.append(pipe)
+        for phase in ("imports", "names", "setup"):
+            try:
+                if phase == "names":
+                    for name, encoded in names.items():
+                        namespace[str(name)] = decode_value(encoded, _resolve_in_judge)
+                    continue
+                code = phases.get(phase)
+                if isinstance(code, str):
+                    load_error = code
+                    break
+                if code is not None:
+                    exec(code, namespace)  # noqa: S102 - the job's own imports and setup, not the solution
+            except BaseException as exc:  # noqa: BLE001
+                load_error, memory = f"{phase}: {describe(exc)}", _is_memory_error(exc)
+                break
+    if load_error is None:
+        memory = _run_tests(namespace, compiled, channel) or memory
+        if not _CHANNEL:  # the solution's process went away during the tests: no verdict stands
+            load_error = "the solution's process ended or broke the protocol during the tests"
+    for stream in (real_stdout, real_stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001, S110
             pass
     channel.send({"done": len(tests), "load": load_error, "mem": memory})

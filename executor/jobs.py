@@ -48,6 +48,7 @@ class Result(BaseModel):
     stdout: str = ""
     stderr: str = ""
     image_digest: str | None = None
+    runtime: str | None = Field(default=None, description="the container runtime that ran it: runc or runsc")
 
     @property
     def tests_passed(self) -> int:

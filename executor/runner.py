@@ -29,6 +29,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 
@@ -43,6 +44,7 @@ SCRATCH_DIRS = ("/tmp", "/dev/shm")
 SWEEP_ROUNDS = 50
 READ_CHUNK = 65536
 DRAIN_READS = 16
+EXIT_POLL_MS = 50.0  # without a pidfd (gVisor): the longest sleep between exit checks if a SIGCHLD were lost
 WORKDIR = "/tmp/job"
 MAX_PRECOMPILE_CHARS = 256 * 1024
 MAX_RECORD_BYTES = 32 << 20  # all of a job's records, probe values included
@@ -184,9 +186,7 @@ def _prepare(job: dict) -> tuple | None:
         return None
 
 
-def _child(
-    job: dict, prepared: tuple | None, limits: dict, result_fd: int, out_fd: int, err_fd: int, nonce: str
-) -> None:
+def _child(target: tuple, limits: dict, fds: tuple, out_fd: int, err_fd: int) -> None:
     """In the forked child: isolate, limit, run the harness, exit. Never returns.
 
     Kept lean on purpose: every object the child touches costs a copy-on-write page fault.
@@ -194,13 +194,18 @@ def _child(
     status = 70
     try:
         os.setsid()
+        if _exit_wakeup:  # the runner's SIGCHLD wakeup is not the job's: its fd number is closed below
+            _signal.set_wakeup_fd(-1)
+            _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)
         _signal.signal(signal.SIGXFSZ, _signal.SIG_IGN)  # oversize writes fail with EFBIG instead of killing
         devnull = os.open("/dev/null", os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
-        os.dup2(result_fd, 3)
-        os.closerange(4, 65536)
+        staged = [os.dup(fd) for fd in fds]  # above every target, so no dup2 below overwrites a source
+        for number, fd in enumerate(staged, 3):
+            os.dup2(fd, number)
+        _close_from(3 + len(fds))
         try:
             oom = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             os.write(oom, b"1000")
@@ -215,12 +220,20 @@ def _child(
         resource.setrlimit(resource.RLIMIT_FSIZE, (int(limits["fsize_mb"]) << 20,) * 2)
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(limits["max_files"]),) * 2)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if limits.get("max_procs"):  # the job's own bound on processes and threads (all of them share the uid)
+            resource.setrlimit(resource.RLIMIT_NPROC, (int(limits["max_procs"]),) * 2)
         try:
             os.mkdir(WORKDIR)
         except FileExistsError:
             pass
         os.chdir(WORKDIR)
-        harness.run_job(job, harness.ResultChannel(3, nonce), prepared)
+        role, job, prepared, nonce = target
+        if role == "solution":  # answers the judge on fds 3 (requests) and 4 (replies); no result channel
+            harness.serve_solution(job, prepared, 3, 4)
+        elif role == "judge":  # records on fd 3, the solution's replies on 4, requests on 5
+            harness.judge_job(job, prepared, harness.ResultChannel(3, nonce), 4, 5)
+        else:
+            harness.run_job(job, harness.ResultChannel(3, nonce), prepared)
         status = 0
     except BaseException:  # noqa: BLE001 - report through the exit status; never unwind into the runner
         try:
@@ -255,6 +268,47 @@ class _Capture:
         return text
 
 
+def _close_from(first: int) -> None:
+    """Close every descriptor >= first: the open ones listed in /proc/self/fd (a 65536-wide closerange
+    is one syscall per number under gVisor's ptrace platform, ~1 s)."""
+    try:
+        numbers = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        os.closerange(first, 65536)
+        return
+    for fd in numbers:
+        if fd >= first:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_exit_wakeup: list[int] = []  # read end of the SIGCHLD wakeup pipe, made on the first job without a pidfd
+
+
+def _child_exit_wakeup() -> int:
+    """Without pidfds (gVisor): a pipe that gets a byte whenever a child exits (SIGCHLD), so the runner sleeps
+    in poll until something happens instead of calling waitid every few ms (under gVisor's ptrace platform
+    that polling cost 13 ms per job, measured)."""
+    if not _exit_wakeup:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a Python handler, so the wakeup fd is written
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        _exit_wakeup.append(read_fd)
+    return _exit_wakeup[0]
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child has exited, without reaping it (the pidfd-less path)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -268,17 +322,34 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
     tests = job.get("tests") or []
     timeout_s = float(job.get("timeout_s") or limits["timeout_s"])
     limits = dict(limits, timeout_s=timeout_s)
-    nonce = os.urandom(16).hex()
     prepared = _prepare(job)
-    result_r, result_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    server = None
+    if any(not isinstance(test, dict) for test in tests):
+        # A test that is not a probe: the solution gets a process of its own, forked before the nonce and the
+        # result pipe exist, and the tests run in a separate judge process (see harness.judge_job).
+        ask_r, ask_w = os.pipe()
+        answer_r, answer_w = os.pipe()
+        server = os.fork()
+        if server == 0:
+            _child(("solution", job, prepared, ""), limits, (ask_r, answer_w), out_w, err_w)
+        os.close(ask_r)
+        os.close(answer_w)
+    nonce = os.urandom(16).hex()
+    result_r, result_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(job, prepared, limits, result_w, out_w, err_w, nonce)
-    for fd in (result_w, out_w, err_w):
+        if server is None:
+            _child(("single", job, prepared, nonce), limits, (result_w,), out_w, err_w)
+        _child(("judge", job, prepared, nonce), limits, (result_w, answer_r, ask_w), out_w, err_w)
+    for fd in (result_w, out_w, err_w, *((answer_r, ask_w) if server is not None else ())):
         os.close(fd)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # gVisor (runsc) has no pidfd_open: SIGCHLD wakes the poll, waitid(WNOWAIT) confirms
+        pidfd = None
+    wakeup = _child_exit_wakeup() if pidfd is None else None
     for fd in (result_r, out_r, err_r):
         os.set_blocking(fd, False)
 
@@ -291,7 +362,7 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
     exited = False
     open_fds = {result_r: records, out_r: stdout, err_r: stderr}
     poller = select.poll()
-    for fd in (pidfd, *open_fds):
+    for fd in (*open_fds, *((pidfd,) if pidfd is not None else (wakeup,))):
         poller.register(fd, select.POLLIN)
 
     def drain(fd: int) -> None:
@@ -318,12 +389,20 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
         if remaining <= 0:
             killed_for = "timeout"
             break
-        events = poller.poll(remaining * 1000)
+        wait_ms = remaining * 1000 if pidfd is not None else min(remaining * 1000, EXIT_POLL_MS)
+        events = poller.poll(wait_ms)
         for fd, _ in events:
             if fd == pidfd:
                 exited = True
+            elif fd == wakeup:
+                try:
+                    os.read(wakeup, READ_CHUNK)  # empty it: one byte per signal, any child's
+                except BlockingIOError:
+                    pass
             elif fd in open_fds:
                 drain(fd)
+        if pidfd is None and not exited:
+            exited = _has_exited(pid)
         if stdout.total + stderr.total > int(limits["output_limit"]):
             killed_for = "output_limit"
             break
@@ -332,13 +411,29 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
                 drain(fd)
             break
 
-    for kill, target in ((os.killpg, pid), (os.kill, pid)):  # the group; the child itself if not yet a leader
+    server_status = None
+    if server is not None:  # how the solution's process ended, if it did before being killed below
         try:
-            kill(target, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            ended = os.waitid(os.P_PID, server, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            ended = None
+        server_status = ended
+    for child in (pid, server) if server is not None else (pid,):
+        for kill, target in ((os.killpg, child), (os.kill, child)):  # the group; the child if not yet a leader
+            try:
+                kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     _, status, usage = os.wait4(pid, 0)
-    os.close(pidfd)
+    server_cpu = 0.0
+    if server is not None:
+        _, server_wait, server_usage = os.wait4(server, 0)
+        server_cpu = server_usage.ru_utime + server_usage.ru_stime
+        if server_status is not None:  # it ended on its own: its signal, if any, classifies the job
+            if os.WIFSIGNALED(server_wait) and not os.WIFSIGNALED(status):
+                status = server_wait
+    if pidfd is not None:
+        os.close(pidfd)
     for fd in list(open_fds):
         try:
             drain(fd)
@@ -379,7 +474,7 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
                 results[index] = {"passed": record.get("ok") is True, "error": record.get("e")}
 
     notes = []
-    cpu_s = usage.ru_utime + usage.ru_stime
+    cpu_s = usage.ru_utime + usage.ru_stime + server_cpu
     signaled = os.WIFSIGNALED(status)
     signum = os.WTERMSIG(status) if signaled else None
     exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
@@ -465,6 +560,7 @@ def main() -> None:
         reader, out_fd = channel.makefile("rb"), channel.fileno()
     else:  # exec transport: the exec's stdin/stdout
         reader, out_fd = sys.stdin.buffer, 1
+    _lock_stdio()
     _write_all(
         out_fd, (json.dumps({"ready": True, "pid": os.getpid(), "python": sys.version.split()[0]}) + "\n").encode()
     )
@@ -472,6 +568,7 @@ def main() -> None:
         line = reader.readline()
         if not line:
             return
+        message = {}
         try:
             message = json.loads(line)
             reply = run_one(message["job"], message["limits"], protected)
@@ -484,7 +581,21 @@ def main() -> None:
                 "stderr": f"[sandbox] runner failure: {type(exc).__name__}: {exc}\n",
                 "anomaly": "runner failure",
             }
+        reply["seq"] = message.get("seq") if isinstance(message, dict) else None
         _write_all(out_fd, (json.dumps(reply) + "\n").encode())
+
+
+def _lock_stdio() -> None:
+    """Mode 000 on the runner's stdio pipes. Under runc, PR_SET_DUMPABLE 0 already keeps a job from opening
+    /proc/<runner>/fd/1; gVisor (runsc) does not apply that check to /proc/<pid>/fd, but it does check the
+    pipe's mode on open, and a job cannot chmod a pipe it holds no descriptor for. The runner's own open
+    descriptors keep working (modes are checked at open). Sockets cannot be reopened through /proc at all."""
+    for fd in (0, 1, 2):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):  # a pipe (a tty or /dev/null: EPERM, harmless)
+                os.fchmod(fd, 0)
+        except OSError:
+            pass
 
 
 def bootstrap_source() -> str:

@@ -30,6 +30,7 @@ from executor.container import (
     CHANNEL_LABEL,
     CHANNEL_PREFIX,
     OWNER_LABEL,
+    ForgedReply,
     RunnerGone,
     SandboxContainer,
     daemon_is_local,
@@ -41,7 +42,7 @@ from executor.jobs import Job, Result, TestResult
 from executor.probes import Probe, judge, split_test
 from selfinstruct.errors import UserError
 
-__all__ = ["Sandbox", "SandboxConfig", "remove_containers"]
+__all__ = ["Sandbox", "SandboxConfig", "check_runtime", "remove_containers"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,24 @@ def _remove_orphaned_channel_dirs(in_use: set[str | None], min_age_s: float = 12
                 remove_channel_dir(path)
         except OSError:
             continue
+
+
+def check_runtime(client: docker.DockerClient, runtime: str) -> None:
+    """Raise UserError (one line naming the fix) when the Docker daemon does not know `runtime`."""
+    try:
+        known = set((client.info().get("Runtimes") or {}).keys())
+    except docker.errors.DockerException as exc:
+        raise UserError(f"cannot ask the Docker daemon for its runtimes: {exc}") from exc
+    if runtime not in known:
+        fix = (
+            "run scripts/setup.sh (installs Debian's runsc and registers it in /etc/docker/daemon.json)"
+            if runtime == "runsc"
+            else "register it in /etc/docker/daemon.json"
+        )
+        raise UserError(
+            f"sandbox runtime {runtime!r} is not registered with the Docker daemon (it knows: "
+            f"{', '.join(sorted(known)) or 'none'}): {fix}"
+        )
 
 
 def _destroy_all(containers: list[SandboxContainer]) -> None:
@@ -142,8 +161,11 @@ class Sandbox:
         if self._client is None:
             self._client = sandbox_image.connect(pool_size=self.cfg.workers * 2 + 4)
         image = sandbox_image.resolve_image(self._client, self.cfg.image_name)
+        check_runtime(self._client, self.cfg.runtime)
         if self.cfg.transport == "auto":
-            self.transport = "socket" if daemon_is_local(self._client) else "exec"
+            # gVisor does not let a sandboxed process connect to a host unix socket: runsc uses the exec stream
+            local = daemon_is_local(self._client) and self.cfg.runtime == "runc"
+            self.transport = "socket" if local else "exec"
         else:
             self.transport = self.cfg.transport
         self.image_digest = image.id
@@ -247,6 +269,9 @@ class Sandbox:
             "max_files": cfg.max_files,
             "output_limit": cfg.output_limit_bytes,
             "keep": cfg.output_keep_bytes,
+            # runsc: gVisor counts processes per sandbox, so RLIMIT_NPROC bounds the job (the host cgroup holds
+            # the sentry too); runc: the container's pids cgroup does (RLIMIT_NPROC would count the uid host-wide)
+            "max_procs": cfg.pids_limit if cfg.runtime == "runsc" else None,
         }
 
     def _run_one(self, job: Job) -> Result:
@@ -282,6 +307,12 @@ class Sandbox:
         payload, probes = runner_payload(job, timeout_s)
         try:
             reply = container.run(payload, self._limits(), timeout_s)
+            if len(reply.get("tests", [])) != len(job.tests):
+                raise ForgedReply(f"the sandbox's answer has {len(reply.get('tests', []))} test records for {len(job.tests)} tests")
+        except ForgedReply as exc:
+            why = f"{exc}: a job wrote into the runner's stream; verdict discarded, container replaced"
+            tests = [TestResult(passed=False, error="not judged (forged reply)") for _ in job.tests]
+            return self._result(job, "error", tests=tests, stderr=f"[sandbox] {why}\n"), False, True
         except RunnerGone as exc:
             if exc.sent is False:
                 return self._result(job, "sandbox_error", stderr=f"[sandbox] {exc}\n"), False, False
@@ -315,7 +346,12 @@ class Sandbox:
         return result, not reply.get("anomaly") and reply["outcome"] != "sandbox_error", True
 
     def _result(self, job: Job, outcome: str, **fields: object) -> Result:
-        return Result(id=job.id, outcome=outcome, image_digest=self.image_digest, **fields)
+        return Result(id=job.id, outcome=outcome, image_digest=self.image_digest, runtime=self.runtime, **fields)
+
+    @property
+    def runtime(self) -> str:
+        """The container runtime every job of this pool runs under (`runc` or `runsc`)."""
+        return self.cfg.runtime
 
 
 def runner_payload(job: Job, timeout_s: float) -> tuple[dict, list[Probe | None]]:

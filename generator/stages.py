@@ -336,6 +336,7 @@ class ExecutionsStage:
         pending, future = self._running.popleft()
         by_id = {result.id: result for result in future.result()}
         digest = self._sandbox().image_digest
+        runtime = getattr(self._sandbox(), "runtime", None)
         items: list[tuple[int, Result]] = []
         for item in pending:
             result = by_id.get(str(item.solution_id))
@@ -346,6 +347,8 @@ class ExecutionsStage:
                 continue  # not recorded: the sweep runs it again
             if result.image_digest is None and digest is not None:
                 result = result.model_copy(update={"image_digest": digest})
+            if result.runtime is None and runtime is not None:
+                result = result.model_copy(update={"runtime": runtime})
             items.append((item.solution_id, result))
         self._wait_recorder()
         self._in_flight = self._recorder.submit(self._record, items)

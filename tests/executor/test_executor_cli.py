@@ -160,3 +160,34 @@ def test_resume_reruns_jobs_that_hit_a_sandbox_error(sandbox_image, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in results_path.read_text().splitlines()]
     assert [(row["id"], row["outcome"]) for row in lines] == [("a", "passed"), ("b", "sandbox_error"), ("b", "passed")]
+
+
+@pytest.mark.timeout(180)
+def test_run_under_gvisor_gives_the_same_verdicts_and_names_its_runtime(sandbox_image, docker_client, tmp_path):
+    if "runsc" not in (docker_client.info().get("Runtimes") or {}):
+        from tests.conftest import missing_service
+
+        missing_service("Docker runtime 'runsc' is not registered; run scripts/setup.sh")
+    jobs, results_path = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
+    _write_jobs(jobs)
+    proc = _selfinstruct("run", str(jobs), "-o", str(results_path), "--workers", "1", "--runtime", "runsc")
+    assert proc.returncode == 1, proc.stderr  # the malformed lines
+    results = {row["id"]: row for row in map(json.loads, results_path.read_text().splitlines())}
+    assert {k: v["outcome"] for k, v in results.items()} == {"ok": "passed", "wrong": "failed", "exits": "error"}
+    assert {v["runtime"] for v in results.values()} == {"runsc"}
+
+
+def test_a_runtime_the_daemon_does_not_know_is_one_line_naming_the_fix():
+    from executor.sandbox import check_runtime
+    from selfinstruct.errors import UserError
+
+    class DaemonWithoutGvisor:  # what `docker info` answers on a daemon where runsc was never registered
+        def info(self) -> dict:
+            return {"Runtimes": {"runc": {"path": "runc"}, "io.containerd.runc.v2": {"path": "runc"}}}
+
+    with pytest.raises(UserError) as caught:
+        check_runtime(DaemonWithoutGvisor(), "runsc")
+    message = str(caught.value)
+    assert "\n" not in message and "'runsc' is not registered" in message
+    assert "scripts/setup.sh" in message and "io.containerd.runc.v2, runc" in message
+    check_runtime(DaemonWithoutGvisor(), "runc")  # known: no error

@@ -52,6 +52,7 @@ def test_scripted_run_yields_exactly_the_expected_triples_and_export(tmp_path, d
 
     render_report(report)  # prints without error
     assert duplicate_rows(cfg.db) == dict.fromkeys(duplicate_rows(cfg.db), 0)
+    assert execution_provenance(cfg.db) == {("runc", True): 38}
 
     out = tmp_path / "export.jsonl"
     assert export_main(["--db", cfg.db, "--run", "e2e", "--format", "jsonl", "--out", str(out)]) == 0
@@ -64,6 +65,40 @@ def test_scripted_run_yields_exactly_the_expected_triples_and_export(tmp_path, d
     again = Pipeline(cfg, progress=False).run()
     assert table_counts(cfg.db) == before
     assert again.triples == len(EXPECTED_TRIPLES)
+
+
+def execution_provenance(db_url: str) -> dict[tuple[str | None, bool], int]:
+    """(runtime, image digest recorded) -> executions: what each verdict says it ran under."""
+    import sqlalchemy as sa
+
+    from db.engine import make_engine
+
+    engine = make_engine(db_url, must_exist=True)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT runtime, image_digest LIKE 'sha256:%', count(*) FROM executions GROUP BY 1, 2")).all()
+    finally:
+        engine.dispose()
+    return {(runtime, bool(digest)): count for runtime, digest, count in rows}
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+def test_the_scripted_run_under_gvisor_yields_the_same_triples_and_records_its_runtime(tmp_path, docker_client):
+    if "runsc" not in (docker_client.info().get("Runtimes") or {}):
+        from tests.conftest import missing_service
+
+        missing_service("Docker runtime 'runsc' is not registered; run scripts/setup.sh")
+    data = config_dict(tmp_path / "gvisor.db", run="gvisor")
+    data["sandbox"]["runtime"] = "runsc"
+    cfg = validate_config(data)
+    report = Pipeline(cfg, progress=False, plot=False).run()
+    assert report.status == "finished"
+    got = triples(cfg.db, "gvisor")
+    assert {(text, code) for text, code, _ in got} == EXPECTED_TRIPLES
+    assert {text: index for text, _, index in got} == EXPECTED_SAMPLE_INDEX
+    assert execution_provenance(cfg.db) == {("runsc", True): 38}
 
 
 @pytest.mark.timeout(60)
