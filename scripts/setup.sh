@@ -62,7 +62,7 @@ if [ "$WITH_LLAMACPP" = 1 ] && ! .venv/bin/python -c "import llama_cpp.server.ap
   wheel_in_cache() { ls "$WHEELS"/llama_cpp_python-*-linux_"$(uname -m)".whl 2>/dev/null | sort -V | tail -n1; }
   if [ -z "$(wheel_in_cache)" ]; then
     log "building llama-cpp-python into $WHEELS (about 5 minutes on 2 cores; once per machine)"
-    .venv/bin/pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python>=0.3"
+    SELFINSTRUCT_WHEEL_CACHE="$WHEELS" scripts/build_llamacpp_wheel.sh .venv/bin/python  # waits for one under way
   fi
   wheel="$(wheel_in_cache)"
   [ -n "$wheel" ] || { echo "setup.sh: no llama-cpp-python wheel in $WHEELS after building" >&2; exit 1; }
