@@ -111,6 +111,18 @@ def build_plugin_backend(cfg: PluginBackendConfig) -> Backend:
     return backend
 
 
+_THROUGHPUT_FIELDS = ("batch_size", "concurrency")  # backend settings that set throughput, not which model answers
+
+
+def _model_key(backend_cfg: Any) -> str:
+    """What identifies a backend's model and its outputs: its whole config minus the throughput settings."""
+    data = backend_cfg.model_dump(mode="json")
+    if not isinstance(backend_cfg, PluginBackendConfig):
+        for field in _THROUGHPUT_FIELDS:
+            data.pop(field, None)
+    return json.dumps(data, sort_keys=True)
+
+
 class Resources:
     """The run's backends and sandbox, built on first use and closed at the end."""
 
@@ -145,10 +157,28 @@ class Resources:
                     self._by_config[key] = _Serialized(injected)
                 return self._by_config[key]
             stage_cfg = getattr(self.cfg, stage).backend
-            key = json.dumps(stage_cfg.model_dump(mode="json"), sort_keys=True)
+            key = _model_key(stage_cfg)
             if key not in self._by_config:
-                self._by_config[key] = _Serialized(self._build_backend(stage_cfg))
+                self._by_config[key] = _Serialized(self._build_backend(self._merged(key, stage_cfg)))
             return self._by_config[key]
+
+    def _merged(self, key: str, stage_cfg: Any) -> Any:
+        """One backend per model: the stages that name the same model with different batching settings
+        share it, built with the largest of each (three pools of one model would need three times the
+        CPUs or GPUs: on a 2-CPU Ray cluster the third was never placed)."""
+        if isinstance(stage_cfg, PluginBackendConfig):
+            return stage_cfg
+        siblings = [
+            getattr(self.cfg, name).backend
+            for name in LLM_STAGES
+            if name not in self._injected and _model_key(getattr(self.cfg, name).backend) == key
+        ]
+        update = {
+            field: max(getattr(sibling, field) for sibling in siblings)
+            for field in _THROUGHPUT_FIELDS
+            if hasattr(stage_cfg, field)
+        }
+        return stage_cfg.model_copy(update=update)
 
     def _build_backend(self, stage_cfg: Any) -> Backend:
         if isinstance(stage_cfg, PluginBackendConfig):
