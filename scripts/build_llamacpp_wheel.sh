@@ -12,6 +12,7 @@ exec 9>"$WHEELS/.build.lock"
 flock 9
 if ! ls "$WHEELS"/llama_cpp_python-*-linux_"$(uname -m)".whl >/dev/null 2>&1; then
   started=$(date +%s)
-  "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python>=0.3"
+  # without the multimodal (llava/mtmd) library, which nothing here uses: 8.1 instead of 9.9 CPU-minutes
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" "$PY" -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python>=0.3"
   echo "[build_llamacpp_wheel] built in $(( $(date +%s) - started )) s: $(ls "$WHEELS"/llama_cpp_python-*.whl)" >&2
 fi
