@@ -22,6 +22,12 @@ def missing_service(reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_docker_runtime(client, name: str) -> None:
+    """A container runtime (runc, runsc) the daemon does not know is a missing service."""
+    if name not in (client.info().get("Runtimes") or {}):
+        missing_service(f"Docker runtime {name!r} is not registered; run scripts/setup.sh")
+
+
 @pytest.fixture(scope="session")
 def docker_client():
     """A docker-py client for a daemon that answers (tests marked `docker`)."""

@@ -14,6 +14,7 @@ import pytest
 
 from executor.config import DEFAULT_IMAGE, SandboxConfig
 from executor.sandbox import Sandbox
+from tests.conftest import require_docker_runtime
 
 RUNTIMES = ("runc", "runsc")
 
@@ -38,9 +39,7 @@ def sandbox_image(docker_client) -> str:
 @pytest.fixture(scope="session", params=RUNTIMES)
 def runtime(request, docker_client) -> str:
     """Each container runtime in turn; one the daemon does not know is a missing service."""
-    known = set((docker_client.info().get("Runtimes") or {}).keys())
-    if request.param not in known:
-        missing_service(f"Docker runtime {request.param!r} is not registered; run scripts/setup.sh")
+    require_docker_runtime(docker_client, request.param)
     return request.param
 
 

@@ -164,10 +164,9 @@ def test_resume_reruns_jobs_that_hit_a_sandbox_error(sandbox_image, tmp_path):
 
 @pytest.mark.timeout(180)
 def test_run_under_gvisor_gives_the_same_verdicts_and_names_its_runtime(sandbox_image, docker_client, tmp_path):
-    if "runsc" not in (docker_client.info().get("Runtimes") or {}):
-        from tests.conftest import missing_service
+    from tests.conftest import require_docker_runtime
 
-        missing_service("Docker runtime 'runsc' is not registered; run scripts/setup.sh")
+    require_docker_runtime(docker_client, "runsc")
     jobs, results_path = tmp_path / "jobs.jsonl", tmp_path / "results.jsonl"
     _write_jobs(jobs)
     proc = _selfinstruct("run", str(jobs), "-o", str(results_path), "--workers", "1", "--runtime", "runsc")

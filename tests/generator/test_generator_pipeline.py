@@ -86,10 +86,9 @@ def execution_provenance(db_url: str) -> dict[tuple[str | None, bool], int]:
 @pytest.mark.docker
 @pytest.mark.timeout(240)
 def test_the_scripted_run_under_gvisor_yields_the_same_triples_and_records_its_runtime(tmp_path, docker_client):
-    if "runsc" not in (docker_client.info().get("Runtimes") or {}):
-        from tests.conftest import missing_service
+    from tests.conftest import require_docker_runtime
 
-        missing_service("Docker runtime 'runsc' is not registered; run scripts/setup.sh")
+    require_docker_runtime(docker_client, "runsc")
     data = config_dict(tmp_path / "gvisor.db", run="gvisor")
     data["sandbox"]["runtime"] = "runsc"
     cfg = validate_config(data)
