@@ -250,7 +250,8 @@ _SAFE_BASES = (
 def _as_base(value: object) -> object:
     """A subclass instance as its built-in (or collections) base when the subclass changes none of the
     behaviour comparisons use (`class D(dict): pass`, a namedtuple, ...); _MISSING_BASE otherwise.
-    Namedtuples come back as ("ntuple", ...) so the other side can rebuild one with the same fields."""
+    Namedtuples come back as (_NAMEDTUPLE, name, fields, items) so the other side can rebuild one with the
+    same fields (marked by identity: a tuple subclass holding ("ntuple", ...) stays a tuple)."""
     kind = type(value)
     for cls in kind.__mro__:
         if cls in _SAFE_BASES:
@@ -261,13 +262,9 @@ def _as_base(value: object) -> object:
     else:
         return _MISSING_BASE
     if base is tuple and type(getattr(kind, "_fields", None)) is tuple:
-        return ("ntuple", kind.__name__, kind._fields, tuple.__getitem__(value, slice(None)))
-    if base in (dict, collections.OrderedDict, collections.defaultdict, collections.Counter):
-        if base is not collections.Counter:
-            return base(dict.items(value)) if base is not collections.defaultdict else collections.defaultdict(None, dict.items(value))
-        counter = collections.Counter()
-        dict.update(counter, dict.items(value))  # dict's own update: Counter's would count the pairs
-        return counter
+        return (_NAMEDTUPLE, kind.__name__, kind._fields, tuple.__getitem__(value, slice(None)))
+    if base in _TAGGED_MAPPINGS:
+        return _mapping(base, dict.items(value))
     if base in (list, tuple, set, frozenset, collections.deque):
         return base(base.__iter__(value))
     if base is str:
@@ -278,6 +275,18 @@ def _as_base(value: object) -> object:
 
 
 _MISSING_BASE = object()
+_NAMEDTUPLE = object()
+
+
+def _mapping(kind: type, pairs: object) -> dict:
+    """A dict, OrderedDict, defaultdict (no factory) or Counter holding exactly `pairs`."""
+    if kind is collections.defaultdict:
+        return collections.defaultdict(None, pairs)
+    if kind is collections.Counter:
+        counter = collections.Counter()
+        dict.update(counter, pairs)  # dict's own update: Counter's would count the pairs
+        return counter
+    return kind(pairs)
 
 
 def encode_value(value: object, handles: dict | None = None) -> object:
@@ -311,7 +320,7 @@ def encode_value(value: object, handles: dict | None = None) -> object:
     if kind is datetime.timezone:
         return ["timezone", [encode_value(value.utcoffset(None)), value.tzname(None)]]
     if kind in _JUDGE_TUPLES:
-        return ["ntuple", [kind.__name__, list(kind._fields), [encode_value(v, handles) for v in value]]]
+        return _encode_namedtuple(kind.__name__, kind._fields, value, handles)
     if kind is Remote and handles is not None:
         return ["handle", [object.__getattribute__(value, "_h"), object.__getattribute__(value, "_t")]]
     if (
@@ -323,15 +332,24 @@ def encode_value(value: object, handles: dict | None = None) -> object:
         return ["builtin", value.__name__]
     base = _as_base(value)
     if base is not _MISSING_BASE:
-        if type(base) is tuple and base and base[0] == "ntuple":
-            return ["ntuple", [base[1], list(base[2]), [encode_value(v, handles) for v in base[3]]]]
+        if type(base) is tuple and base and base[0] is _NAMEDTUPLE:
+            return _encode_namedtuple(base[1], base[2], base[3], handles)
         return encode_value(base, handles)
     if handles is not None:
         if kind is _MODULE and value.__name__ in _JUDGE_MODULES:
             return ["module", value.__name__]
-        handles[id(value)] = value
-        return ["handle", [id(value), _type_name(value)]]
+        return _handle(value, handles)
     raise UntrustedComparison(f"the test's value has type {_type_name(value)}, which the harness cannot check")
+
+
+def _encode_namedtuple(name: str, fields: tuple, items: object, handles: dict | None) -> list:
+    return ["ntuple", [name, list(fields), [encode_value(v, handles) for v in items]]]
+
+
+def _handle(value: object, handles: dict) -> list:
+    """Keep `value` in this (the solution's) process; the judge gets an opaque reference to it."""
+    handles[id(value)] = value
+    return ["handle", [id(value), _type_name(value)]]
 
 
 _BUILTIN_FUNCTION = type(len)
@@ -369,11 +387,7 @@ def decode_value(data: object, resolve: object = None) -> object:
             return _DECODE_SEQUENCES[tag](decode_value(item, resolve) for item in payload)
         if tag in _DECODE_MAPPINGS:
             pairs = [(decode_value(k, resolve), decode_value(v, resolve)) for k, v in payload]
-            if tag != "counter":
-                return collections.defaultdict(None, pairs) if tag == "ddict" else _DECODE_MAPPINGS[tag](pairs)
-            counter = collections.Counter()
-            dict.update(counter, pairs)  # dict's own update: Counter's would count the pairs
-            return counter
+            return _mapping(_DECODE_MAPPINGS[tag], pairs)
         if tag == "ntuple":
             name, fields, items = payload
             return _namedtuple(str(name), tuple(fields))(*(decode_value(v, resolve) for v in items))
@@ -710,11 +724,7 @@ def run_job(job: dict, channel: ResultChannel, prepared: tuple | None = None) ->
     if load_error is None:
         memory = _run_tests(namespace, compiled, channel) or memory
 
-    for stream in (real_stdout, real_stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001, S110 - a broken stream must not cost the verdict
-            pass
+    _flush_streams(real_stdout, real_stderr)
     channel.send({"done": len(tests), "load": load_error, "mem": memory})
 
 
@@ -835,8 +845,7 @@ def serve_solution(job: dict, prepared: tuple | None, read_fd: int, write_fd: in
                 try:
                     names[name] = encode_value(value, handles)
                 except (RecursionError, ValueError):
-                    handles[id(value)] = value
-                    names[name] = ["handle", [id(value), _type_name(value)]]
+                    names[name] = _handle(value, handles)
     _flush_streams()  # the runner kills this process once the judge is done: what it printed must be out
     pipe.send({"load": load_error, "mem": memory, "names": names})
     if load_error is not None:
@@ -919,11 +928,12 @@ def _state(obj: object, handles: dict) -> list:
     return [id(kind), "state", state]
 
 
-def _flush_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
+def _flush_streams(*streams: object) -> None:
+    """Flush `streams` (default: the current stdout and stderr); a broken stream must not cost an answer."""
+    for stream in streams or (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except BaseException:  # noqa: BLE001, S110 - a broken stream must not cost the answer
+        except BaseException:  # noqa: BLE001, S110
             pass
 
 
@@ -1123,9 +1133,5 @@ def judge_job(job: dict, prepared: tuple | None, channel: ResultChannel, read_fd
         memory = _run_tests(namespace, compiled, channel) or memory
         if not _CHANNEL:  # the solution's process went away during the tests: no verdict stands
             load_error = "the solution's process ended or broke the protocol during the tests"
-    for stream in (real_stdout, real_stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001, S110
-            pass
+    _flush_streams(real_stdout, real_stderr)
     channel.send({"done": len(tests), "load": load_error, "mem": memory})

@@ -100,6 +100,20 @@ def test_trusted_values_round_trip_exactly(value):
     assert type(decoded) is type(value) and decoded == value
 
 
+def test_plain_subclasses_travel_as_their_base_and_namedtuples_as_namedtuples():
+    class Plain(tuple):
+        pass
+
+    point = collections.namedtuple("Point", "x y")(1, 2)
+    decoded = harness.decode_value(json.loads(json.dumps(harness.encode_value(point))))
+    assert decoded == (1, 2) and decoded._fields == ("x", "y")
+    lookalike = Plain(("ntuple", "Point", ("x",), (1,)))  # a tuple, whatever its items spell
+    decoded = harness.decode_value(json.loads(json.dumps(harness.encode_value(lookalike))))
+    assert type(decoded) is tuple and decoded == ("ntuple", "Point", ("x",), (1,))
+    counted = harness.decode_value(json.loads(json.dumps(harness.encode_value(collections.Counter("aab")))))
+    assert type(counted) is collections.Counter and counted == {"a": 2, "b": 1}
+
+
 def test_untrusted_values_are_refused_and_forged_data_is_unreadable():
     class Anything:
         def __eq__(self, other):
