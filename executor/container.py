@@ -291,6 +291,10 @@ class SandboxContainer:
         self.jobs_done += 1
         if not isinstance(reply, dict) or reply.get("seq") != seq:
             raise ForgedReply(f"the sandbox's answer is not the reply to job {seq} of this container")
+        records, tests = len(reply.get("tests", [])), len(job.get("tests", []))
+        if reply.get("outcome") != "sandbox_error" and records != tests:
+            # the runner answers one record per test (its own failure, sandbox_error, carries none)
+            raise ForgedReply(f"the sandbox's answer has {records} test records for {tests} tests")
         return reply
 
     def _is_our_runner(self, connection: socket.socket) -> bool:

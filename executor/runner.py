@@ -415,10 +415,9 @@ def run_one(job: dict, limits: dict, protected: set[int]) -> dict:
     server_status = None
     if server is not None:  # how the solution's process ended, if it did before being killed below
         try:
-            ended = os.waitid(os.P_PID, server, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            server_status = os.waitid(os.P_PID, server, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
-            ended = None
-        server_status = ended
+            pass
     for child in (pid, server) if server is not None else (pid,):
         for kill, target in ((os.killpg, child), (os.kill, child)):  # the group; the child if not yet a leader
             try:

@@ -307,10 +307,6 @@ class Sandbox:
         payload, probes = runner_payload(job, timeout_s)
         try:
             reply = container.run(payload, self._limits(), timeout_s)
-            if reply.get("outcome") != "sandbox_error" and len(reply.get("tests", [])) != len(job.tests):
-                # the runner answers one record per test (its own failure, sandbox_error, carries none)
-                records = len(reply.get("tests", []))
-                raise ForgedReply(f"the sandbox's answer has {records} test records for {len(job.tests)} tests")
         except ForgedReply as exc:
             why = f"{exc}: a job wrote into the runner's stream; verdict discarded, container replaced"
             tests = [TestResult(passed=False, error="not judged (forged reply)") for _ in job.tests]
