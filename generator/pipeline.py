@@ -117,9 +117,8 @@ _THROUGHPUT_FIELDS = ("batch_size", "concurrency")  # backend settings that set 
 def _model_key(backend_cfg: Any) -> str:
     """What identifies a backend's model and its outputs: its whole config minus the throughput settings."""
     data = backend_cfg.model_dump(mode="json")
-    if not isinstance(backend_cfg, PluginBackendConfig):
-        for field in _THROUGHPUT_FIELDS:
-            data.pop(field, None)
+    for field in _THROUGHPUT_FIELDS:
+        data.pop(field, None)  # a plugin's have none at this level (its options are its own)
     return json.dumps(data, sort_keys=True)
 
 
@@ -166,8 +165,6 @@ class Resources:
         """One backend per model: the stages that name the same model with different batching settings
         share it, built with the largest of each (three pools of one model would need three times the
         CPUs or GPUs: on a 2-CPU Ray cluster the third was never placed)."""
-        if isinstance(stage_cfg, PluginBackendConfig):
-            return stage_cfg
         siblings = [
             getattr(self.cfg, name).backend
             for name in LLM_STAGES
