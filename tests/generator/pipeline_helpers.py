@@ -35,22 +35,26 @@ def write_config(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
-def triples(db_url: str, run: str) -> set[tuple[str, str, int]]:
-    """(problem text, solution code, sample index) of every triple of `run`."""
+def query_rows(db_url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+    """The rows of one read-only query against the run's database (an engine opened and disposed for it)."""
     engine = make_engine(db_url, must_exist=True)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT p.text, s.code, s.sample_index FROM triples t "
-                    "JOIN runs r ON r.id = t.run_id JOIN problems p ON p.id = t.problem_id "
-                    "JOIN solutions s ON s.id = t.solution_id WHERE r.name = :run"
-                ),
-                {"run": run},
-            ).all()
-        return {(text, code, index) for text, code, index in rows}
+            return [tuple(row) for row in conn.execute(sa.text(sql), params or {}).all()]
     finally:
         engine.dispose()
+
+
+def triples(db_url: str, run: str) -> set[tuple[str, str, int]]:
+    """(problem text, solution code, sample index) of every triple of `run`."""
+    rows = query_rows(
+        db_url,
+        "SELECT p.text, s.code, s.sample_index FROM triples t "
+        "JOIN runs r ON r.id = t.run_id JOIN problems p ON p.id = t.problem_id "
+        "JOIN solutions s ON s.id = t.solution_id WHERE r.name = :run",
+        {"run": run},
+    )
+    return {(text, code, index) for text, code, index in rows}
 
 
 def table_counts(db_url: str) -> dict[str, int]:

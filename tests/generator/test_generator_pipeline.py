@@ -14,7 +14,14 @@ from generator.config import validate_config
 from generator.pipeline import Pipeline
 from generator.report import render_report
 from selfinstruct.errors import UserError
-from tests.generator.pipeline_helpers import config_dict, duplicate_rows, table_counts, triples, write_config
+from tests.generator.pipeline_helpers import (
+    config_dict,
+    duplicate_rows,
+    query_rows,
+    table_counts,
+    triples,
+    write_config,
+)
 from tests.generator.scripted_backend import CATALOG, CONTAMINATED, EXPECTED_SAMPLE_INDEX, EXPECTED_TRIPLES
 
 
@@ -69,17 +76,7 @@ def test_scripted_run_yields_exactly_the_expected_triples_and_export(tmp_path, d
 
 def execution_provenance(db_url: str) -> dict[tuple[str | None, bool], int]:
     """(runtime, image digest recorded) -> executions: what each verdict says it ran under."""
-    import sqlalchemy as sa
-
-    from db.engine import make_engine
-
-    engine = make_engine(db_url, must_exist=True)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT runtime, image_digest LIKE 'sha256:%', count(*) FROM executions GROUP BY 1, 2")).all()
-    finally:
-        engine.dispose()
+    rows = query_rows(db_url, "SELECT runtime, image_digest LIKE 'sha256:%', count(*) FROM executions GROUP BY 1, 2")
     return {(runtime, bool(digest)): count for runtime, digest, count in rows}
 
 

@@ -17,13 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from llamacpp_server import LlamaCppServer
 
-from db.engine import make_engine
 from generator.config import validate_config
 from generator.pipeline import Pipeline
-from tests.generator.pipeline_helpers import config_dict, duplicate_rows, table_counts
+from tests.generator.pipeline_helpers import config_dict, duplicate_rows, query_rows, table_counts
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "backends"))  # scripted_server, completion_server
 from scripted_server import openai_backend, scripted_server  # noqa: E402
@@ -66,14 +64,9 @@ def _config(db: Path, run: str, backends: dict[str, dict]) -> dict:
 
 def _calls(db_url: str) -> list[tuple[str, str, int, int, int | None]]:
     """(stage, model, prompt tokens, completion tokens, items parsed) of every call, in order."""
-    engine = make_engine(db_url, must_exist=True)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT stage, model, prompt_tokens, completion_tokens, items_parsed FROM llm_calls ORDER BY id")).all()
-        return [tuple(row) for row in rows]
-    finally:
-        engine.dispose()
+    return query_rows(
+        db_url, "SELECT stage, model, prompt_tokens, completion_tokens, items_parsed FROM llm_calls ORDER BY id"
+    )
 
 
 def _posts(server: LlamaCppServer) -> int:
@@ -142,12 +135,7 @@ def test_solutions_from_llamacpp_are_topped_up_to_n(tmp_path, server, api, docke
         report = _run_twice(cfg)
         posts = _posts(server) - posts_before
 
-    engine = make_engine(cfg["db"], must_exist=True)
-    try:
-        with engine.connect() as conn:
-            with_tests = conn.scalar(sa.text("SELECT count(DISTINCT problem_id) FROM tests"))
-    finally:
-        engine.dispose()
+    [(with_tests,)] = query_rows(cfg["db"], "SELECT count(DISTINCT problem_id) FROM tests")
     assert with_tests > 0
     solutions = report.funnel["solutions"]
     assert solutions["samples"] == with_tests * 2  # the server gave one choice a request; the top-up the other
